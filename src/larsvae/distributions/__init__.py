@@ -1,0 +1,7 @@
+"""Priors and proposals with one interface: ``log_prob(z) -> (B,)``, ``sample(n) -> (n, D)``,
+``train_log_prob(z, log_q) -> (B,)``, ``dim`` (see ``docs/design.md``)."""
+
+from .base import Prior, StandardNormal
+from .lars import AcceptanceMLP, ResampledPrior, lars_log_density
+
+__all__ = ["Prior", "StandardNormal", "AcceptanceMLP", "ResampledPrior", "lars_log_density"]
