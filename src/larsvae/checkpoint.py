@@ -1,0 +1,170 @@
+"""Checkpoint files: safe loading, RNG state capture, model reconstruction.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts only, so that it
+loads with ``torch.load(..., weights_only=True)``: a checkpoint from a stranger cannot execute
+code. Layout (``format_version`` 1)::
+
+    format          "larsvae-checkpoint"
+    format_version  1
+    kind            "resume" (mid-training state) or "final" (the rule's output)
+    version         larsvae library version that wrote it
+    meta            {"arch", "prior", "mode", "dataset", "dataset_sha256", "seed",
+                     "model_config": {...}, "train_config": {...}}
+    model           model.state_dict()   (includes the LARS running Z buffer ``log_z``)
+    step            completed optimisation steps (= data position: batch t is a pure
+                    function of (seed, t), see larsvae.data.BatchStream)
+    curve           training curve rows so far (list of dicts), rewritten as TSV on resume
+    resume only:    optimizer, schedule, rng, window, best, evals
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import LARS_PRIORS, ModelConfig, model_config
+from .utils import UserError, atomic_torch_save
+
+FORMAT = "larsvae-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, truncated, corrupt or of the wrong kind."""
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``payload`` atomically (temporary file + fsync + rename)."""
+    atomic_torch_save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, path)
+
+
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a larsvae checkpoint with ``weights_only=True``.
+
+    Raises :class:`CheckpointError` naming the file for a missing, truncated, corrupt or
+    foreign file (one line, fit for the CLI).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # zip/pickle errors: truncated, corrupt, or unsafe content
+        raise CheckpointError(
+            f"checkpoint {path}: cannot be read (truncated or corrupt file?): {_one_line(exc)}"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path}: not a larsvae checkpoint")
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path}: format version {ckpt.get('format_version')!r}, "
+            f"this larsvae reads version {FORMAT_VERSION}"
+        )
+    for key in ("meta", "model", "step"):
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint {path}: missing entry {key!r}")
+    return ckpt
+
+
+# ---------------------------------------------------------------------------------------
+# RNG states as plain tensors/numbers (weights_only-safe)
+
+
+def get_rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {
+            "version": int(py_state[0]),
+            "state": torch.tensor(py_state[1], dtype=torch.int64),
+            "gauss_next": py_state[2],
+        },
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+         n["cached_gaussian"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = [s.cpu() for s in state["cuda"]]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+# ---------------------------------------------------------------------------------------
+# Model reconstruction
+
+
+def build_from_meta(meta: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild the (untrained) module described by a checkpoint's ``meta``.
+
+    Post-hoc models are a ``gaussian`` model passed through ``make_posthoc``, exactly as
+    training built them, so that the state dict keys line up.
+    """
+    from .models import build_model
+
+    cfg = model_config(meta["model_config"])
+    if meta.get("mode") == "posthoc":
+        model = build_model(meta["arch"], meta.get("base_prior", "gaussian"), cfg)
+        make_posthoc(model, cfg)
+    else:
+        model = build_model(meta["arch"], meta["prior"], cfg)
+    return model
+
+
+def make_posthoc(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
+    """Call ``model.make_posthoc`` with or without the config (both spellings exist)."""
+    try:
+        return model.make_posthoc(cfg)
+    except TypeError:
+        return model.make_posthoc()
+
+
+def load_model(
+    path: str | os.PathLike, device: Any = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from a checkpoint (final or resume). Returns (model, ckpt).
+
+    The model is in eval mode on ``device``; ``ckpt["meta"]`` says what it is.
+    """
+    ckpt = load_checkpoint(path)
+    try:
+        model = build_from_meta(ckpt["meta"])
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path}: does not match the model it describes: {_one_line(exc)}"
+        ) from None
+    model.to(device)
+    model.eval()
+    return model, ckpt
+
+
+def is_lars(meta: dict[str, Any]) -> bool:
+    return meta.get("prior") in LARS_PRIORS or meta.get("mode") == "posthoc"
