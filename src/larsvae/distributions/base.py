@@ -36,7 +36,9 @@ class Prior(nn.Module):
     def log_prob(self, z: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:  # pragma: no cover
+    def sample(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def train_log_prob(self, z: Tensor, log_q: Tensor | None = None) -> Tensor:

@@ -44,9 +44,7 @@ def _log_neg_log1m(log_z: Tensor) -> Tensor:
     small = log_z.clamp(max=_SERIES)
     big = log_z.clamp(min=_SERIES)
     # -log(1-Z) = Z (1 + Z/2 + O(Z^2))  =>  log(-log(1-Z)) = log Z + Z/2 + O(Z^2)
-    return torch.where(
-        log_z < _SERIES, small + 0.5 * torch.exp(small), torch.log(-_log1mexp(big))
-    )
+    return torch.where(log_z < _SERIES, small + 0.5 * torch.exp(small), torch.log(-_log1mexp(big)))
 
 
 def _log1m_exp_neg_exp(m: Tensor) -> Tensor:
@@ -150,7 +148,11 @@ class ResampledPrior(Prior):
             or not (0.0 < float(eps) <= 1.0)
         ):
             raise ValueError(f"eps: expected a number in (0, 1], got {eps!r}")
-        if isinstance(num_z_samples, bool) or not isinstance(num_z_samples, int) or num_z_samples < 1:
+        if (
+            isinstance(num_z_samples, bool)
+            or not isinstance(num_z_samples, int)
+            or num_z_samples < 1
+        ):
             raise ValueError(f"num_z_samples: expected an integer >= 1, got {num_z_samples!r}")
         super().__init__(proposal.dim)
         self.proposal = proposal
@@ -280,7 +282,7 @@ class ResampledPrior(Prior):
                 raise ValueError(
                     f"log_q: expected shape {tuple(log_pi.shape)}, got {tuple(log_q.shape)}"
                 )
-            log_w = (log_pi.detach().double() - log_q.detach().double())
+            log_w = log_pi.detach().double() - log_q.detach().double()
             log_a_r = F.logsigmoid(self.acceptance(z.detach())).double()
             log_z_curr = torch.logaddexp(math.log(S) + log_z_s, log_w + log_a_r) - math.log(S + 1)
 
@@ -384,9 +386,7 @@ class ResampledPrior(Prior):
         return (out, counts) if return_num_proposals else out
 
     def extra_repr(self) -> str:
-        return (
-            f"truncation={self.truncation}, eps={self.eps}, num_z_samples={self.num_z_samples}"
-        )
+        return f"truncation={self.truncation}, eps={self.eps}, num_z_samples={self.num_z_samples}"
 
 
 __all__ = ["AcceptanceMLP", "ResampledPrior", "lars_log_density"]

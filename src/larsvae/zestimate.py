@@ -1,0 +1,313 @@
+"""High-precision, shardable Monte Carlo estimates of the LARS normaliser Z = E_pi[a(z)].
+
+The paper evaluates test log-likelihoods with Z estimated from S = 1e10 proposal samples
+(Section 5, Appendix A.4), because the truncated density (Eq. A.14) and the infinite one
+(Eq. A.7) both depend on Z. This module computes that estimate in batches:
+
+- batch ``b`` draws its samples from a generator seeded by a hash of ``(seed, b)``, so any
+  shard can reproduce its batches, independently of how the work is split;
+- shard ``i`` of ``n`` processes a contiguous range of batch indices;
+- each batch contributes float64 partial sums; :meth:`ZEstimate.merge` combines shards with
+  exactly-rounded summation (``math.fsum``), so the merged estimate is bitwise identical to
+  the unsharded one whatever the grouping;
+- with a symmetric proposal (pi(z) = pi(-z)), antithetic pairs (z, -z) form one i.i.d. unit
+  with value (a(z) + a(-z)) / 2, which lowers the variance when a(z) and a(-z) are negatively
+  correlated (e.g. an acceptance that is monotone along some direction).
+
+Streams are reproducible per device type (CPU and CUDA generators differ).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "larsvae.zestimate/1"
+
+
+@dataclass(frozen=True)
+class BatchPartial:
+    """Float64 sufficient statistics of one batch of i.i.d. units x (a(z), or an antithetic
+    pair's (a(z) + a(-z)) / 2): ``sum`` x, ``sum_sq`` x^2, ``m2`` = sum (x - batch mean)^2."""
+
+    index: int
+    units: int
+    samples: int  # proposal evaluations (2 per unit with antithetic pairs)
+    sum: float
+    sum_sq: float
+    m2: float
+
+    def to_list(self) -> list:
+        return [
+            self.index,
+            self.units,
+            self.samples,
+            self.sum.hex(),
+            self.sum_sq.hex(),
+            self.m2.hex(),
+        ]
+
+    @classmethod
+    def from_list(cls, v: list) -> BatchPartial:
+        if not isinstance(v, (list, tuple)) or len(v) != 6:
+            raise ValueError(f"batch partial: expected a list of 6 entries, got {v!r}")
+        index, units, samples = (int(x) for x in v[:3])
+        return cls(index, units, samples, *(float.fromhex(x) for x in v[3:]))
+
+
+def _fsum(xs: Iterable[float]) -> float:
+    return math.fsum(xs)
+
+
+@dataclass(frozen=True)
+class ZEstimate:
+    """A Monte Carlo estimate of Z from a set of batches (one shard, or merged shards).
+
+    ``n`` i.i.d. units, ``samples`` proposal evaluations, ``sum`` / ``sum_sq`` of the unit
+    values, ``mean`` (the estimate of Z), ``stderr`` = sqrt(unbiased variance / n) and
+    ``log_mean`` = log(mean). All are functions of the per-batch ``partials`` computed with
+    exactly-rounded sums, hence independent of how batches are grouped into shards.
+    """
+
+    partials: tuple[BatchPartial, ...]
+    seed: int
+    batch_size: int
+    num_samples: int  # requested in total over all shards
+    antithetic: bool
+    n: int = field(init=False)
+    samples: int = field(init=False)
+    sum: float = field(init=False)
+    sum_sq: float = field(init=False)
+    mean: float = field(init=False)
+    stderr: float = field(init=False)
+    log_mean: float = field(init=False)
+
+    def __post_init__(self):
+        parts = tuple(sorted(self.partials, key=lambda p: p.index))
+        idx = [p.index for p in parts]
+        if len(set(idx)) != len(idx):
+            raise ValueError("partials: duplicate batch indices (a shard was merged twice?)")
+        n = sum(p.units for p in parts)
+        total = _fsum(p.sum for p in parts)
+        mean = total / n if n > 0 else math.nan
+        if n > 1:
+            # Chan et al.: within-batch m2 plus between-batch spread; each term depends only
+            # on its batch and the global mean, so fsum makes this grouping-invariant.
+            m2 = _fsum(
+                [p.m2 for p in parts] + [p.units * (p.sum / p.units - mean) ** 2 for p in parts]
+            )
+            stderr = math.sqrt(max(m2, 0.0) / (n - 1) / n)
+        else:
+            stderr = math.nan
+        if n == 0:
+            log_mean = math.nan
+        else:
+            log_mean = math.log(mean) if mean > 0 else -math.inf
+        object.__setattr__(self, "partials", parts)
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "samples", sum(p.samples for p in parts))
+        object.__setattr__(self, "sum", total)
+        object.__setattr__(self, "sum_sq", _fsum(p.sum_sq for p in parts))
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "stderr", stderr)
+        object.__setattr__(self, "log_mean", log_mean)
+
+    @property
+    def num_batches(self) -> int:
+        """Number of batches of the full (unsharded) run."""
+        return -(-self.num_samples // self.batch_size)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every batch of the full run is present (e.g. after merging all shards)."""
+        return [p.index for p in self.partials] == list(range(self.num_batches))
+
+    @classmethod
+    def merge(cls, estimates: Iterable[ZEstimate]) -> ZEstimate:
+        """Combine shards of the same run; equals the unsharded estimate bitwise."""
+        ests = list(estimates)
+        if not ests:
+            raise ValueError("merge: expected at least one estimate")
+        keys = {(e.seed, e.batch_size, e.num_samples, e.antithetic) for e in ests}
+        if len(keys) != 1:
+            raise ValueError(
+                "merge: shards come from different runs "
+                "(seed, batch_size, num_samples, antithetic differ): " + repr(sorted(keys))
+            )
+        e0 = ests[0]
+        parts = tuple(p for e in ests for p in e.partials)
+        return cls(parts, e0.seed, e0.batch_size, e0.num_samples, e0.antithetic)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict. Partials are stored as float.hex strings (exact round trip);
+        the summary values are there for people and metrics tools (None when undefined)."""
+
+        def num(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+
+        return {
+            "format": FORMAT,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "num_samples": self.num_samples,
+            "antithetic": self.antithetic,
+            "complete": self.complete,
+            "n": self.n,
+            "samples": self.samples,
+            "mean": num(self.mean),
+            "stderr": num(self.stderr),
+            "log_mean": num(self.log_mean),
+            "batches": [p.to_list() for p in self.partials],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ZEstimate:
+        """Inverse of :meth:`to_dict`; recomputes (and checks) the summary values."""
+        if not isinstance(d, Mapping) or d.get("format") != FORMAT:
+            raise ValueError(f"not a Z estimate (expected format {FORMAT!r})")
+        try:
+            est = cls(
+                tuple(BatchPartial.from_list(v) for v in d["batches"]),
+                int(d["seed"]),
+                int(d["batch_size"]),
+                int(d["num_samples"]),
+                bool(d["antithetic"]),
+            )
+        except KeyError as e:
+            raise ValueError(f"Z estimate: missing key {e.args[0]!r}") from None
+        if d.get("n") is not None and int(d["n"]) != est.n:
+            raise ValueError(f"Z estimate: n={d['n']} does not match its batches ({est.n})")
+        return est
+
+
+def _batch_seed(seed: int, batch: int) -> int:
+    """A 63-bit generator seed depending only on (seed, batch), stable across platforms."""
+    h = hashlib.blake2b(f"larsvae-z:{seed}:{batch}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def _module_device(m: nn.Module) -> torch.device:
+    for t in m.parameters():
+        return t.device
+    for t in m.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _check_int(name: str, v: Any, minimum: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {v!r}")
+    return v
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        warnings.warn("progress=True needs tqdm, which is not installed", stacklevel=3)
+        return None
+    return tqdm(total=total, desc=desc, unit="batch")
+
+
+@torch.no_grad()
+def estimate_z(
+    acceptance: nn.Module,
+    proposal: nn.Module,
+    num_samples: int,
+    batch_size: int,
+    *,
+    antithetic: bool = True,
+    seed: int = 0,
+    shard: int = 0,
+    num_shards: int = 1,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> ZEstimate:
+    """Estimate Z = E_pi[a(z)] (Eq. 2) from ``num_samples`` proposal evaluations.
+
+    Args:
+        acceptance: z (B, D) -> logit (B,); a(z) = sigmoid(logit), evaluated in the module's
+            dtype (float32 normally); every per-batch sum is accumulated in float64.
+        proposal: has ``sample(n, generator=...)``; ``symmetric = True`` allows antithetic pairs.
+        num_samples: proposal evaluations in the whole (unsharded) run.
+        batch_size: proposal evaluations per batch (the last batch may be smaller).
+        antithetic: use pairs (z, -z) if the proposal is symmetric. With a proposal that is
+            not, this falls back to plain Monte Carlo with a warning (the returned estimate's
+            ``antithetic`` says what was used). With pairs, batch_size and num_samples must
+            be even.
+        seed: batch b uses a generator seeded by a hash of (seed, b).
+        shard, num_shards: process the contiguous batch range of shard ``shard`` of
+            ``num_shards``; merge the shards with :meth:`ZEstimate.merge`.
+        device: if given, both modules are moved there (in place); samples and generators
+            live on the modules' device.
+        progress: show a tqdm progress bar (if tqdm is installed).
+    """
+    _check_int("num_samples", num_samples, 1)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("num_shards", num_shards, 1)
+    _check_int("seed", seed, 0)
+    if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < num_shards:
+        raise ValueError(f"shard: expected an integer in [0, {num_shards}), got {shard!r}")
+    if antithetic and not getattr(proposal, "symmetric", False):
+        warnings.warn(
+            f"antithetic Z estimation needs a symmetric proposal; {type(proposal).__name__} "
+            "is not, so plain Monte Carlo is used",
+            stacklevel=2,
+        )
+        antithetic = False
+    if antithetic and (batch_size % 2 or num_samples % 2):
+        raise ValueError(
+            f"batch_size and num_samples must be even with antithetic pairs, got "
+            f"{batch_size} and {num_samples}"
+        )
+    if device is not None:
+        acceptance.to(device)
+        proposal.to(device)
+    dev = _module_device(proposal)
+
+    num_batches = -(-num_samples // batch_size)
+    start = shard * num_batches // num_shards
+    stop = (shard + 1) * num_batches // num_shards
+    bar = _progress(stop - start, progress, f"Z shard {shard}/{num_shards}")
+    partials = []
+    try:
+        for b in range(start, stop):
+            size = min(batch_size, num_samples - b * batch_size)  # evaluations in this batch
+            gen = torch.Generator(device=dev)
+            gen.manual_seed(_batch_seed(seed, b))
+            if antithetic:
+                z = proposal.sample(size // 2, generator=gen)
+                a = torch.sigmoid(acceptance(torch.cat([z, -z]))).double()
+                x = 0.5 * (a[: size // 2] + a[size // 2 :])
+            else:
+                z = proposal.sample(size, generator=gen)
+                x = torch.sigmoid(acceptance(z)).double()
+            s = x.sum()
+            stats = torch.stack([s, (x * x).sum(), (x - s / x.numel()).pow(2).sum()]).tolist()
+            partials.append(BatchPartial(b, x.numel(), size, *stats))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return ZEstimate(tuple(partials), seed, batch_size, num_samples, antithetic)
+
+
+def estimate_prior_z(prior: nn.Module, num_samples: int, batch_size: int, **kwargs) -> ZEstimate:
+    """:func:`estimate_z` for a :class:`~larsvae.distributions.ResampledPrior`.
+
+    Install the (merged) result with ``prior.set_log_z(est.log_mean)``.
+    """
+    return estimate_z(prior.acceptance, prior.proposal, num_samples, batch_size, **kwargs)
+
+
+__all__ = ["BatchPartial", "ZEstimate", "estimate_z", "estimate_prior_z", "FORMAT"]
