@@ -24,7 +24,6 @@ Files, for ``out_path = .../model.pt``:
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import sys
