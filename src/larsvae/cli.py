@@ -25,9 +25,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
-
-import torch
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .config import (
     ARCHS,
@@ -40,14 +38,23 @@ from .config import (
     to_dict,
     train_config,
 )
-from .utils import UserError, atomic_write_text, choose_device, derive_seed, file_sha256
+from .utils import (
+    TrainingDiverged,
+    UserError,
+    atomic_write_text,
+    choose_device,
+    derive_seed,
+    file_sha256,
+)
+
+if TYPE_CHECKING:  # torch is imported inside the commands: usage errors stay fast
+    import torch
 
 PROG = "larsvae"
 #: derive_seed tag for the model initialisation (distinct from every training step t >= 0)
 _INIT_TAG = -1
 _SAMPLE_TAG = -2
-_TEST_BINARIZE_TAG = -3
-_VALID_BINARIZE_TAG = -4
+_EVAL_TAG = -3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,10 +101,6 @@ def _write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
-def _finite_or_none(v: float) -> float | None:
-    return v if math.isfinite(v) else None
-
-
 # ---------------------------------------------------------------------------------------
 # data helpers
 
@@ -117,21 +120,11 @@ def _load_dataset(path: str) -> tuple[dict[str, Any], Path]:
         ) from None
 
 
-def _binary_split(data: dict[str, Any], split: str, seed_tag: int) -> torch.Tensor:
-    """A split as float {0,1} images; grey levels are binarised once with a fixed seed."""
-    from . import data as data_mod
+def _eval_split(data: dict[str, Any], split: str, device: torch.device) -> torch.Tensor:
+    """A fixed-binarised evaluation split as float {0, 1} images on ``device``."""
+    from .data import eval_tensor
 
-    if hasattr(data_mod, "binarized"):
-        return data_mod.binarized(data, split, seed=derive_seed(seed_tag))
-    x = data[split]
-    if not torch.is_tensor(x):
-        x = torch.as_tensor(x)
-    if x.dtype == torch.uint8:
-        if int(x.max()) <= 1:
-            return x.float()
-        g = torch.Generator().manual_seed(derive_seed(seed_tag))
-        return torch.bernoulli(x.float() / 255.0, generator=g)
-    return x.float()
+    return eval_tensor(data, split, device)
 
 
 # ---------------------------------------------------------------------------------------
@@ -160,10 +153,6 @@ def _check_posthoc_init(ckpt: dict[str, Any], init: str, arch: str, cfg: Any) ->
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint, make_posthoc
-    from .models import build_model
-    from .train import fit
-
     section = "posthoc" if args.posthoc else "train"
     mcfg = model_config(_json_params(args.model_params, "--model-params"))
     tcfg = train_config(_json_params(args.train_params, "--train-params"), section=section)
@@ -175,9 +164,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError("--init is only used with --posthoc")
     if args.posthoc and prior != "lars":
         raise UserError(f"--prior {prior!r}: post-hoc training learns a 'lars' prior")
+    import torch
+
+    from .checkpoint import load_checkpoint, make_posthoc
+    from .data import load_manifest
+    from .data.loaders import train_stream
+    from .models import build_model
+    from .train import fit
+
     device = choose_device(args.device)
     data, data_path = _load_dataset(args.dataset_file)
-    from .data import BatchStream
+
+    manifest = load_manifest(data_path)
 
     init_ckpt = None
     if args.posthoc:
@@ -212,8 +210,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         meta["init_sha256"] = file_sha256(args.init)
     valid = None
     if tcfg.eval_every > 0 and "valid" in data:
-        valid = _binary_split(data, "valid", _VALID_BINARIZE_TAG).to(device)
-    stream = BatchStream(data["train"], tcfg.batch_size, args.seed, device)
+        valid = _eval_split(data, "valid", device)
+    stream = train_stream(data, manifest, tcfg.batch_size, args.seed, device)
     summary = fit(
         model, stream, tcfg, args.out, seed=args.seed, meta=meta, valid=valid,
         progress=not args.no_progress, log_path=args.log,
@@ -238,6 +236,8 @@ def _lars_prior(model: torch.nn.Module, ckpt_path: str, meta: dict[str, Any]) ->
 
 
 def cmd_estimate_z(args: argparse.Namespace) -> int:
+    import torch
+
     from .checkpoint import load_model
     from .zestimate import estimate_z
 
@@ -354,8 +354,10 @@ def _read_z(path: str, ckpt_path: Path) -> Any:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
     from .checkpoint import is_lars, load_model
-    from .evaluation import iwae_log_likelihood
+    from .evaluation import nll_summary
 
     ecfg = eval_config(_json_params(args.eval_params, "--eval-params"))
     device = choose_device(args.device)
@@ -372,20 +374,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     elif args.z is not None:
         raise UserError(f"--z {args.z}: prior {meta.get('prior')!r} has no Z to install")
     data, _ = _load_dataset(args.dataset_file)
-    x = _binary_split(data, "test", _TEST_BINARIZE_TAG)
+    x = _eval_split(data, "test", device)
     if ecfg.test_subset is not None:
         x = x[: ecfg.test_subset]
-    x = x.to(device)
-    torch.manual_seed(derive_seed(int(meta.get("seed", 0)), _TEST_BINARIZE_TAG))
     t0 = time.perf_counter()
-    with torch.no_grad():
-        ll = iwae_log_likelihood(
-            model, x, k=ecfg.iwae_k, batch_size=ecfg.iwae_batch, k_chunk=ecfg.iwae_k_chunk
-        ).double().cpu()
+    summary = nll_summary(
+        model, x, k=ecfg.iwae_k, batch_size=ecfg.iwae_batch, k_chunk=ecfg.iwae_k_chunk,
+        z_estimate=z_est, seed=derive_seed(int(meta.get("seed", 0)), _EVAL_TAG),
+        progress=not args.no_progress,
+    )
     wall = time.perf_counter() - t0
-    n = ll.numel()
-    nll = float(-ll.mean())
-    nll_se = float(ll.std(unbiased=True) / math.sqrt(n)) if n > 1 else math.nan
     result: dict[str, Any] = {
         "dataset": meta.get("dataset"),
         "arch": meta.get("arch"),
@@ -393,35 +391,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "mode": meta.get("mode"),
         "seed": meta.get("seed"),
         "checkpoint": str(args.checkpoint),
-        "n_test": n,
-        "iwae_k": ecfg.iwae_k,
-        "nll": nll,
-        "nll_se": _finite_or_none(nll_se),
+        **summary.to_dict(),
         "wall_time_s": wall,
         "device": str(device),
     }
     if lars:
-        truncation = meta["model_config"].get("truncation")
         result.update(
-            log_z=float(z_est.log_mean), z=float(z_est.mean), z_se=float(z_est.stderr),
-            truncation=truncation,
+            log_z=float(z_est.log_mean), z=float(z_est.mean), z_stderr=float(z_est.stderr),
+            z_samples=int(z_est.samples), truncation=meta["model_config"].get("truncation"),
         )
-        try:
-            from .evaluation import nll_z_sensitivity
-
-            result["nll_se_from_z"] = float(nll_z_sensitivity(z_est, truncation))
-        except ImportError:
-            result["nll_se_from_z"] = float(z_est.stderr / z_est.mean)
         with torch.no_grad():
             g = torch.Generator(device=device).manual_seed(derive_seed(0, _SAMPLE_TAG))
             _, n_prop = model.top_prior.sample(10_000, generator=g, return_num_proposals=True)
         mean_prop = float(n_prop.double().mean())
+        # proposals per accepted sample, and accepted / proposed (the paper's rate)
         result.update(mean_proposals=mean_prop, acceptance_rate=1.0 / mean_prop)
     _write_json(args.out, result)
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
     from torchvision.utils import save_image
 
     from .checkpoint import load_model
@@ -520,7 +510,6 @@ _COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from .train import TrainingDiverged
 
     try:
         if argv and argv[0] == "prepare-data":

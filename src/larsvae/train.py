@@ -42,14 +42,18 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig, to_dict
-from .utils import UserError, atomic_write_text, derive_seed, library_version, progress_bar
+from .utils import (
+    TrainingDiverged,
+    UserError,
+    atomic_write_text,
+    derive_seed,
+    library_version,
+    progress_bar,
+    remove_stale_temporaries,
+)
 
 CURVE_COLUMNS = ("step", "loss", "rec", "kl", "neg_elbo", "beta", "lr", "log_z")
 _WINDOW_KEYS = ("loss", "rec", "kl", "neg_elbo")
-
-
-class TrainingDiverged(UserError):
-    """The loss became NaN/inf; the last good checkpoint is kept."""
 
 
 def resume_path_for(out_path: str | os.PathLike) -> Path:
@@ -167,9 +171,10 @@ def fit(
 
     log_file = open(log_path, "a") if log_path is not None else None  # noqa: SIM115
 
-    def log(msg: str) -> None:
+    def log(msg: str, to_stderr: bool = True) -> None:
         line = f"[larsvae train] {msg}"
-        print(line, file=sys.stderr, flush=True)
+        if to_stderr:
+            print(line, file=sys.stderr, flush=True)
         if log_file is not None:
             log_file.write(line + "\n")
             log_file.flush()
@@ -188,6 +193,8 @@ def fit(
 
     if out_path.exists():  # regenerating the output: never leave a stale one in place
         out_path.unlink()
+    # temporaries of a write that was killed half-way (the renamed files are never torn)
+    remove_stale_temporaries(out_path, resume_path, curve_path)
     if resume_path.exists():
         ckpt = load_checkpoint(resume_path)
         if ckpt.get("kind") != "resume":
@@ -274,6 +281,11 @@ def fit(
                 if do_eval:
                     row.append(last_valid)
                 curve.append(row)
+                if log_file is not None or not progress:
+                    text = " ".join(
+                        f"{c}={_format_value(v)}" for c, v in zip(columns, row, strict=True)
+                    )
+                    log(text, to_stderr=not progress)
                 window = dict.fromkeys(_WINDOW_KEYS, 0.0) | {"count": 0}
                 bar.set_postfix(loss=f"{row[1]:.2f}", beta=f"{beta:.2f}", refresh=False)
             bar.update(1)

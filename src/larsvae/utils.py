@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 #: Prefix of the temporary files written by :func:`atomic_write`; a directory that still
 #: holds one after a crash holds a partial output (the tests look for these).
 TMP_PREFIX = ".larsvae-tmp-"
@@ -26,6 +24,10 @@ TMP_PREFIX = ".larsvae-tmp-"
 
 class UserError(Exception):
     """A problem the user can fix (bad path, bad argument); the CLI prints one line."""
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN/inf; the last good checkpoint is kept (CLI status 1)."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -76,6 +78,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through :func:`atomic_write` (serialised in memory first)."""
+    import torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -91,8 +95,10 @@ def derive_seed(*parts: int) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def choose_device(name: str = "auto") -> torch.device:
+def choose_device(name: str = "auto") -> Any:
     """``auto``: CUDA if available (respects ``CUDA_VISIBLE_DEVICES``), else CPU."""
+    import torch  # imported late: the CLI reports argument errors without loading torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
@@ -125,6 +131,15 @@ def remove_quietly(*paths: str | os.PathLike) -> None:
     for p in paths:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(p)
+
+
+def remove_stale_temporaries(*paths: str | os.PathLike) -> None:
+    """Delete temporaries that :func:`atomic_write` left for ``paths`` when it was killed."""
+    for p in paths:
+        p = Path(p)
+        if p.parent.is_dir():
+            for tmp in p.parent.glob(TMP_PREFIX + p.name + ".*"):
+                remove_quietly(tmp)
 
 
 def progress_bar(total: int, initial: int = 0, desc: str = "", enabled: bool = True) -> Any:
