@@ -45,6 +45,7 @@ def _lars_prior(model: nn.Module):
     return prior if isinstance(prior, ResampledPrior) else None
 
 
+@torch.no_grad()
 def dlogp_dlogz(prior: nn.Module, z: torch.Tensor) -> torch.Tensor:
     """d log p_T(z) / d log Z of a LARS prior at its stored Z. z: (B, D) -> (B,) float64.
 
