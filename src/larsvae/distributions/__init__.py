@@ -5,3 +5,7 @@ from .base import Prior, StandardNormal
 from .lars import AcceptanceMLP, ResampledPrior, lars_log_density
 
 __all__ = ["Prior", "StandardNormal", "AcceptanceMLP", "ResampledPrior", "lars_log_density"]
+from .factory import build_prior  # noqa: E402
+from .flows import MAF, RealNVP  # noqa: E402
+
+__all__ += ["RealNVP", "MAF", "build_prior"]

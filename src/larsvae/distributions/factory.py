@@ -1,0 +1,60 @@
+"""``build_prior``: the one place a prior name (``larsvae.config.PRIORS``) becomes a module.
+
+Appendix C.2 of Bauer & Mnih (2019) fixes the prior hyper-parameters; they arrive here
+through :class:`larsvae.config.ModelConfig`:
+
+* ``gaussian``     N(0, I)
+* ``lars``         LARS over N(0, I): a(z) = MLP[d-100-100-1], truncation T, Algorithm 1
+                   with ``eps`` and S = ``train_z_samples`` proposal samples per step
+* ``realnvp``      RealNVP with ``realnvp_couplings`` couplings, conditioners ``flow_hidden``
+* ``maf``          MAF with ``maf_blocks`` MADE blocks, ``flow_hidden``
+* ``lars_realnvp`` LARS whose proposal is a (jointly trained) RealNVP
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from larsvae.config import PRIORS, ModelConfig, check_choice
+
+
+def build_prior(name: str, dim: int, cfg: ModelConfig | None = None) -> nn.Module:
+    """Prior module for ``name`` on a ``dim``-dimensional latent.
+
+    Raises :class:`~larsvae.config.ConfigError` naming the value and the choices for an
+    unknown ``name``.
+    """
+    # Imported here: the package __init__ imports this module, and the LARS classes live
+    # in sibling modules of the package.
+    from larsvae.distributions.base import StandardNormal
+    from larsvae.distributions.flows import MAF, RealNVP
+    from larsvae.distributions.lars import AcceptanceMLP, ResampledPrior
+
+    cfg = ModelConfig() if cfg is None else cfg
+    check_choice("prior", name, PRIORS)
+
+    def realnvp() -> RealNVP:
+        return RealNVP(dim, num_couplings=cfg.realnvp_couplings, hidden=cfg.flow_hidden)
+
+    def lars(proposal: nn.Module) -> nn.Module:
+        return ResampledPrior(
+            proposal,
+            AcceptanceMLP(dim, cfg.acceptance_hidden),
+            truncation=cfg.truncation,
+            eps=cfg.eps,
+            num_z_samples=cfg.train_z_samples,
+        )
+
+    if name == "gaussian":
+        return StandardNormal(dim)
+    if name == "lars":
+        return lars(StandardNormal(dim))
+    if name == "realnvp":
+        return realnvp()
+    if name == "maf":
+        return MAF(dim, num_blocks=cfg.maf_blocks, hidden=cfg.flow_hidden)
+    assert name == "lars_realnvp", name  # PRIORS and this function must list the same names
+    return lars(realnvp())
+
+
+__all__ = ["build_prior"]
