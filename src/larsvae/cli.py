@@ -438,6 +438,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_prepare_data(argv: list[str]) -> int:
     from .data import prepare
 
+    # Validate the arguments first with a one-line usage error, like every other command.
+    parser = prepare.build_parser()
+    parser.error = _Parser.error.__get__(parser)  # type: ignore[method-assign]
+    parser.parse_args(argv)
     rc = prepare.main(argv)
     return int(rc or 0)
 

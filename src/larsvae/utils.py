@@ -30,6 +30,16 @@ class TrainingDiverged(UserError):
     """The training loss became NaN/inf; the last good checkpoint is kept (CLI status 1)."""
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: mkstemp creates 0600 files; the renamed output gets the permissions ``open`` would give
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -54,6 +64,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
