@@ -148,10 +148,10 @@ def omniglot_zip_to_array(raw: bytes, key: str) -> np.ndarray:
 
     Order: alphabets sorted by name, characters sorted within an alphabet, drawers sorted by
     file name (``{id}_{drawer:02d}.png``); the digest check against the pinned array catches
-    any disagreement with that order. PNG decoding uses torchvision (imported lazily).
+    any disagreement with that order. PNG decoding uses Pillow (a torchvision dependency),
+    imported lazily.
     """
-    import torch  # noqa: PLC0415
-    from torchvision.io import ImageReadMode, decode_png  # noqa: PLC0415  (optional dep)
+    from PIL import Image  # noqa: PLC0415  (optional dependency, only for this source)
 
     with zipfile.ZipFile(io.BytesIO(raw)) as zf:
         names = sorted(n for n in zf.namelist() if n.endswith(".png"))
@@ -167,7 +167,6 @@ def omniglot_zip_to_array(raw: bytes, key: str) -> np.ndarray:
             if len(files) != 20:
                 raise DataError(f"{key}.zip: {char} has {len(files)} drawings, expected 20")
             for di, n in enumerate(files):
-                buf = torch.frombuffer(bytearray(zf.read(n)), dtype=torch.uint8)
-                img = decode_png(buf, mode=ImageReadMode.GRAY)[0].numpy()
-                out[ci, di] = img > 127
+                with Image.open(io.BytesIO(zf.read(n))) as img:
+                    out[ci, di] = np.asarray(img.convert("L")) > 127
     return out

@@ -313,7 +313,7 @@ class Resolver:
             msg += " Failures: " + "; ".join(self.failures[:4]) + "."
         msg += (
             f" To fix: put the files in a folder laid out like ../shared/datasets (e.g. "
-            f"{VARIANTS[dataset][0][1][0].mirror_paths[0]}) and point {MIRRORS_ENV} "
+            f"{VARIANTS[dataset][0][1][0].name}) and point {MIRRORS_ENV} "
             f"(colon-separated) or --mirror at it."
         )
         return " ".join(msg.split())
