@@ -1,0 +1,32 @@
+# larsvae workflow: Bauer & Mnih (2019) Table 1 as a cached DAG.
+#   snakemake --cores all --resources gpu=4 reports/table1.md        (paper budget)
+#   snakemake --cores 2 --configfile params/quick.yaml reports/table1.md
+# Parameters live in params/*.yaml (the paper's budget unless --configfile names another;
+# a named file replaces it rather than being merged into it); runtime choices live in
+# workflow/profiles/.
+if not workflow.config_settings.configfiles:
+
+    configfile: "params/paper.yaml"
+
+
+include: "workflow/rules/common.smk"
+wildcard_constraints:
+    dataset="|".join(lconfig.DATASETS),
+    arch="|".join(lconfig.ARCHS),
+    prior="|".join(lconfig.PRIORS),
+    mode="standard|posthoc",
+    seed=r"\d+",
+    shard=r"\d+",
+    nshards=r"\d+",
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

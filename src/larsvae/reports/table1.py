@@ -1,0 +1,325 @@
+"""Table 1 of Bauer & Mnih (2019) from pipeline results, with the paper's values beside ours.
+
+Inputs are the files the workflow writes (``nll.json`` from ``larsvae evaluate``, ``z.json``
+from ``larsvae reduce-z``, the data manifests); the *spec* (built by the workflow from the
+params file) says which cells were run and with which budget. Nothing here trains or
+evaluates: it only reads, aggregates and formats.
+
+Column semantics: "standard" = gaussian prior trained from scratch; "LARS" = LARS prior
+trained jointly (mode ``standard``); post-hoc LARS (mode ``posthoc``) is reported as extra
+rows. LARS gain = NLL(standard) - NLL(LARS), so positive means LARS is better, as in the
+paper. The standard error carried from Z is the first-order effect of the Monte Carlo error of
+Z on the NLL (``nll_se_from_z`` of ``larsvae evaluate``; for T = inf it is SE(Z)/Z since the
+NLL contains + log Z, Eq. A.7).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .paper import ARCH_LABELS, DATASET_LABELS, PAPER_TABLE1, paper_nll
+
+DASH = "—"
+#: canonical key -> names ``larsvae evaluate`` / ``reduce-z`` may use for it
+ALIASES = {
+    "nll_se": ("nll_se", "nll_stderr"),
+    "nll_se_from_z": ("nll_se_from_z", "nll_z_stderr"),
+    "z_se": ("z_se", "z_stderr"),
+    "iwae_k": ("iwae_k", "k"),
+    "n_test": ("n_test", "n"),
+}
+
+
+def _normalise(run: dict[str, Any]) -> dict[str, Any]:
+    for key, names in ALIASES.items():
+        for n in names:
+            if run.get(n) is not None:
+                run[key] = run[n]
+                break
+    return run
+
+
+@dataclass
+class CellResult:
+    """All seeds of one (dataset, arch, prior, mode)."""
+
+    dataset: str
+    arch: str
+    prior: str
+    mode: str
+    runs: list[dict[str, Any]] = field(default_factory=list)  # one nll.json (+ z) per seed
+
+    @property
+    def column(self) -> str | None:
+        if self.prior == "gaussian" and self.mode == "standard":
+            return "standard"
+        if self.prior == "lars" and self.mode == "standard":
+            return "lars"
+        if self.prior == "lars" and self.mode == "posthoc":
+            return "posthoc"
+        return None
+
+    @property
+    def nlls(self) -> list[float]:
+        return [float(r["nll"]) for r in self.runs]
+
+    @property
+    def nll(self) -> float:
+        return statistics.fmean(self.nlls)
+
+    @property
+    def nll_sd(self) -> float | None:
+        """Standard deviation over seeds (None for a single seed)."""
+        return statistics.stdev(self.nlls) if len(self.nlls) > 1 else None
+
+    def mean_of(self, key: str) -> float | None:
+        vals = [r.get(key) for r in self.runs]
+        if not vals or any(v is None for v in vals):
+            return None
+        return statistics.fmean(float(v) for v in vals)
+
+
+def load_results(spec: dict[str, Any], root: str | Path = ".") -> dict[tuple, CellResult]:
+    """Read every cell's nll.json (and z.json for LARS) named in the spec."""
+    root = Path(root)
+    cells: dict[tuple, CellResult] = {}
+    for c in spec["cells"]:
+        key = (c["dataset"], c["arch"], c["prior"], c["mode"])
+        cell = cells.setdefault(key, CellResult(*key))
+        run = _normalise(json.loads((root / c["nll"]).read_text()))
+        run["seed"] = c["seed"]
+        if c.get("z"):
+            z = json.loads((root / c["z"]).read_text())
+            run.setdefault("z", z.get("z"))
+            run.setdefault("z_se", z.get("z_stderr"))
+            run["z_samples_used"] = z.get("estimate", {}).get("n")
+        cell.runs.append(run)
+    return cells
+
+
+def fmt(x: float | None, digits: int = 2, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return DASH
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def fmt_nll(cell: CellResult | None) -> str:
+    if cell is None:
+        return DASH
+    sd = cell.nll_sd
+    return fmt(cell.nll) + (f" ± {fmt(sd)}" if sd is not None else "")
+
+
+def fmt_sci(x: float | None, digits: int = 3) -> str:
+    if x is None or not math.isfinite(x):
+        return DASH
+    return f"{x:.{digits}g}" if 1e-3 <= abs(x) < 1e4 else f"{x:.{digits}e}"
+
+
+def gain(cells: dict[tuple, CellResult], dataset: str, arch: str, mode: str = "standard"):
+    std = cells.get((dataset, arch, "gaussian", "standard"))
+    lars = cells.get((dataset, arch, "lars", mode))
+    if std is None or lars is None:
+        return None
+    return std.nll - lars.nll
+
+
+def _data_versions(spec: dict[str, Any], root: Path) -> list[str]:
+    lines = []
+    for path in sorted({c["manifest"] for c in spec["cells"]}):
+        p = root / path
+        if not p.exists():
+            continue
+        m = json.loads(p.read_text())
+        srcs = sorted({f.get("source", "?") for f in m.get("files", [])})
+        test_sha = m.get("array_sha256", {}).get("test", "")[:12]
+        splits = "/".join(str(m.get("splits", {}).get(s, {}).get("n", "?")) for s in ("train", "valid", "test"))
+        variant = f", variant {m['variant']}" if m.get("variant") else ""
+        lines.append(
+            f"`{m.get('dataset')}`: format v{m.get('format_version')}{variant}, splits {splits}, "
+            f"test-array sha256 `{test_sha}…`, from {', '.join(srcs)}"
+        )
+    return lines
+
+
+def _machine(cells: dict[tuple, CellResult]) -> str:
+    devices = sorted({str(r.get("device")) for c in cells.values() for r in c.runs if r.get("device")})
+    try:
+        import torch
+
+        torch_v = torch.__version__
+    except ImportError:  # pragma: no cover
+        torch_v = "?"
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"{platform.node()} ({platform.system()} {platform.release()}, {cpu}); "
+        f"evaluation device(s): {', '.join(devices) or DASH}; Python {platform.python_version()}, "
+        f"torch {torch_v}"
+    )
+
+
+def header(spec: dict[str, Any], cells: dict[tuple, CellResult], root: Path, now: datetime) -> list[str]:
+    name = spec["name"]
+    lines = [
+        f"Budget **`{name}`**"
+        + ("" if name == "paper" else " — NOT the paper's budget; do not read these as paper numbers")
+        + f". Seeds: {', '.join(map(str, spec['seeds']))}"
+        + (" (mean ± sd over seeds)." if len(spec["seeds"]) > 1 else " (single seed)."),
+        "",
+    ]
+    for ds, b in spec["budget"].items():
+        t, ph, m, e = b["train"], b["posthoc"], b["model"], b["evaluate"]
+        lines.append(
+            f"- `{ds}`: {t['iterations']:,} training iterations (post-hoc: {ph['iterations']:,}), "
+            f"batch {t['batch_size']}, lr {t['lr']:g}→{t['lr_final']:g} after {t['lr_decay_step']:,}, "
+            f"KL warm-up {t['warmup_steps']:,}; T = {m['truncation']}, eps = {m['eps']:g}, "
+            f"S = {m['train_z_samples']:,} (training); Z from {e['z_samples']:,} samples in "
+            f"{e['z_shards']} shards; IWAE K = {e['iwae_k']:,} on "
+            + ("the full test set" if e.get("test_subset") is None else f"the first {e['test_subset']:,} test images")
+            + "."
+        )
+    lines += ["", "Data versions:", ""]
+    lines += [f"- {v}" for v in _data_versions(spec, root)] or [f"- {DASH}"]
+    lines += ["", f"Machine: {_machine(cells)}.", "", f"Date: {now:%Y-%m-%d %H:%M} UTC.", ""]
+    return lines
+
+
+def render_table1(spec: dict[str, Any], cells: dict[tuple, CellResult], root: Path, now: datetime) -> str:
+    datasets = list(DATASET_LABELS)
+    archs = list(ARCH_LABELS)
+    ran = sorted({f"{k[0]}/{k[1]}/{k[2]}/{k[3]}" for k in cells})
+    out = ["# Table 1: test NLL (nats, lower is better) — ours vs Bauer & Mnih (2019)", ""]
+    out += header(spec, cells, root, now)
+    out += [
+        f"Cells run in this budget: {', '.join(f'`{r}`' for r in ran)}. "
+        f"Cells not run show {DASH}. Each entry: **ours** / paper (ours − paper).",
+        "",
+    ]
+    head = "| dataset | " + " | ".join(
+        f"{ARCH_LABELS[a]} {col}" for a in archs for col in ("standard", "LARS")
+    ) + " |"
+    out += [head, "|---" * (1 + 2 * len(archs)) + "|"]
+    for ds in datasets:
+        row = [DATASET_LABELS[ds]]
+        for a in archs:
+            for col, prior in (("standard", "gaussian"), ("lars", "lars")):
+                cell = cells.get((ds, a, prior, "standard"))
+                p = paper_nll(ds, a, col)
+                diff = cell.nll - p if cell is not None and p is not None else None
+                ours = f"**{fmt_nll(cell)}**" if cell is not None else DASH
+                row.append(f"{ours} / {fmt(p)} ({fmt(diff, signed=True)})")
+        out.append("| " + " | ".join(row) + " |")
+
+    out += ["", "## LARS gain: NLL(standard) − NLL(LARS), nats (positive = LARS better)", ""]
+    out += ["| dataset | " + " | ".join(f"{ARCH_LABELS[a]} ours / paper" for a in archs) + " |"]
+    out += ["|---" * (1 + len(archs)) + "|"]
+    for ds in datasets:
+        row = [DATASET_LABELS[ds]]
+        for a in archs:
+            g = gain(cells, ds, a)
+            pg = PAPER_TABLE1[ds][a][0] - PAPER_TABLE1[ds][a][1]
+            row.append(f"{fmt(g, signed=True)} / {fmt(pg, signed=True)}")
+        out.append("| " + " | ".join(row) + " |")
+
+    posthoc = [c for k, c in cells.items() if k[3] == "posthoc"]
+    if posthoc:
+        out += ["", "## Post-hoc LARS (a(z) trained on a frozen standard-prior model)", ""]
+        out += ["| dataset | arch | standard | LARS joint | LARS post-hoc | post-hoc gain |", "|---|---|---|---|---|---|"]
+        for c in posthoc:
+            std = cells.get((c.dataset, c.arch, "gaussian", "standard"))
+            joint = cells.get((c.dataset, c.arch, "lars", "standard"))
+            out.append(
+                f"| {DATASET_LABELS[c.dataset]} | {ARCH_LABELS[c.arch]} | {fmt_nll(std)} | "
+                f"{fmt_nll(joint)} | {fmt_nll(c)} | {fmt(gain(cells, c.dataset, c.arch, 'posthoc'), signed=True)} |"
+            )
+
+    out += ["", "## Z and the standard errors", ""]
+    out += [
+        "Z = E_π[a(z)] from the sharded high-precision estimate (mean ± SE over its i.i.d. "
+        "units). SE(NLL) from Z is that error carried into the NLL; SE(NLL) test is the "
+        "sampling error over test images. Acceptance rate = 1 / mean number of proposals "
+        "per accepted sample of the truncated sampler.",
+        "",
+        "| cell | NLL | SE(NLL) test | Z | SE(Z) | SE(NLL) from Z | acceptance rate | K | test images |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k, c in cells.items():
+        zcol = c.mean_of if k[2].startswith("lars") else (lambda _key: None)
+        out.append(
+            f"| `{'/'.join(k)}` | {fmt_nll(c)} | {fmt(c.mean_of('nll_se'), 3)} | {fmt_sci(zcol('z'), 5)} | "
+            f"{fmt_sci(zcol('z_se'), 2)} | {fmt_sci(zcol('nll_se_from_z'), 2)} | "
+            f"{fmt(c.mean_of('acceptance_rate'), 3)} | {c.runs[0].get('iwae_k', DASH)} | {c.runs[0].get('n_test', DASH)} |"
+        )
+    out += ["", "Paper values: Bauer & Mnih (AISTATS 2019), Table 1.", ""]
+    return "\n".join(out)
+
+
+def render_main(spec: dict[str, Any], cells: dict[tuple, CellResult], root: Path, now: datetime) -> str:
+    """The main job: dynamicMNIST x VAE, standard vs LARS joint vs LARS post-hoc."""
+    ds, a = "dynamic_mnist", "vae"
+    out = ["# Main job: dynamicMNIST, single-layer VAE — standard prior vs LARS", ""]
+    out += header(spec, cells, root, now)
+    rows = [
+        ("standard prior (N(0, I))", cells.get((ds, a, "gaussian", "standard")), paper_nll(ds, a, "standard")),
+        ("LARS, joint", cells.get((ds, a, "lars", "standard")), paper_nll(ds, a, "lars")),
+        ("LARS, post-hoc", cells.get((ds, a, "lars", "posthoc")), None),
+    ]
+    if all(r[1] is None for r in rows):
+        out += [f"The main-job cells were not run in budget `{spec['name']}`.", ""]
+        return "\n".join(out)
+    out += [
+        "| model | test NLL | SE (test) | gain vs standard | Z ± SE | SE(NLL) from Z | acceptance rate | paper NLL |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    std = rows[0][1]
+    for label, c, p in rows:
+        if c is None:
+            out.append(f"| {label} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {fmt(p)} |")
+            continue
+        g = std.nll - c.nll if std is not None and c is not std else None
+        z = c.mean_of("z")
+        zs = f"{fmt_sci(z, 5)} ± {fmt_sci(c.mean_of('z_se'), 2)}" if z is not None else DASH
+        out.append(
+            f"| {label} | **{fmt_nll(c)}** | {fmt(c.mean_of('nll_se'), 3)} | {fmt(g, signed=True)} | {zs} | "
+            f"{fmt_sci(c.mean_of('nll_se_from_z'), 2)} | {fmt(c.mean_of('acceptance_rate'), 3)} | {fmt(p)} |"
+        )
+    out += ["", "Gain = NLL(standard) − NLL(model); positive = better than the standard prior.", ""]
+    return "\n".join(out)
+
+
+def metrics(spec: dict[str, Any], cells: dict[tuple, CellResult]) -> dict[str, Any]:
+    """reports/metrics.json: every NLL (per cell, mean over seeds and per seed) for DVC."""
+    out: dict[str, Any] = {"budget": spec["name"], "nll": {}, "gain": {}}
+    for (ds, a, p, m), c in cells.items():
+        entry: dict[str, Any] = {"nll": round(c.nll, 4)}
+        if c.nll_sd is not None:
+            entry["nll_sd"] = round(c.nll_sd, 4)
+        for key in ("nll_se", "z", "z_se", "nll_se_from_z", "acceptance_rate"):
+            v = c.mean_of(key)
+            if v is not None:
+                entry[key] = v
+        col = {"gaussian": "standard", "lars": "lars"}.get(p) if m == "standard" else None
+        pv = paper_nll(ds, a, col) if col else None
+        if pv is not None:
+            entry["paper_nll"] = pv
+            entry["diff_vs_paper"] = round(c.nll - pv, 4)
+        for r in c.runs:
+            entry[f"seed{r['seed']}"] = r["nll"]
+        out["nll"].setdefault(ds, {}).setdefault(a, {})[f"{p}_{m}"] = entry
+    for (ds, a, p, m) in cells:
+        if p == "lars":
+            g = gain(cells, ds, a, m)
+            if g is not None:
+                out["gain"].setdefault(ds, {}).setdefault(a, {})[m] = round(g, 4)
+    return out
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,66 @@
+# Sharded high-precision Z (LARS priors only) -> exact reduce -> IWAE NLL.
+
+
+rule estimate_z:
+    """One shard of the Monte Carlo estimate of Z = E_pi[a(z)] (Eq. A.3), one GPU each."""
+    input:
+        model="models/{dataset}/{arch}/{prior}/{mode}/seed{seed}/model.pt",
+    output:
+        "results/{dataset}/{arch}/{prior}/{mode}/seed{seed}/z/shard{shard}of{nshards}.json",
+    log:
+        "logs/estimate_z/{dataset}/{arch}/{prior}/{mode}/seed{seed}/shard{shard}of{nshards}.log",
+    params:
+        evaluate=eval_params,
+    conda:
+        "../envs/larsvae.yaml"
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=720,
+    shell:
+        "OMP_NUM_THREADS={threads} gpu_slot larsvae estimate-z --checkpoint {input.model:q}"
+        " --shard {wildcards.shard} --num-shards {wildcards.nshards}"
+        " --eval-params {params.evaluate:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule reduce_z:
+    """Exact merge of the shards' sufficient statistics: mean and standard error of Z."""
+    input:
+        z_shards,
+    output:
+        "results/{dataset}/{arch}/{prior}/{mode}/seed{seed}/z.json",
+    log:
+        "logs/reduce_z/{dataset}/{arch}/{prior}/{mode}/seed{seed}.log",
+    conda:
+        "../envs/larsvae.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "larsvae reduce-z --out {output:q} {input:q} > {log:q} 2>&1"
+
+
+rule evaluate:
+    """Test NLL by IWAE with K importance samples (LARS: log p(z) uses the reduced Z)."""
+    input:
+        unpack(evaluate_inputs),
+    output:
+        "results/{dataset}/{arch}/{prior}/{mode}/seed{seed}/nll.json",
+    log:
+        "logs/evaluate/{dataset}/{arch}/{prior}/{mode}/seed{seed}.log",
+    params:
+        evaluate=eval_params,
+        z=z_option,
+    conda:
+        "../envs/larsvae.yaml"
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=720,
+    shell:
+        "OMP_NUM_THREADS={threads} gpu_slot larsvae evaluate --checkpoint {input.model:q}"
+        " {params.z} --dataset-file {input.data:q} --eval-params {params.evaluate:q}"
+        " --out {output:q} > {log:q} 2>&1"
