@@ -4,7 +4,7 @@
 # Needs root (CI runs as root; there is no systemd, the test starts the daemons itself).
 set -euo pipefail
 
-need=(slurmctld slurmd sinfo sbatch squeue scancel munged)
+need=(slurmctld slurmd slurmstepd sinfo sbatch srun squeue scontrol scancel munged munge unmunge)
 missing=0
 for exe in "${need[@]}"; do
     command -v "$exe" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin" command -v "$exe" >/dev/null 2>&1 || missing=1

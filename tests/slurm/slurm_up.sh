@@ -77,7 +77,9 @@ for ((i = 0; i < ngpu; i++)); do ln -sfn /dev/null "$state/fakegpu$i"; done
 cp "$conf_dir"/slurm.conf "$state"/slurm.conf
 
 # --- munge: reuse a running munged, otherwise start one as the munge user ---
-if munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then
+# (munge retries a dead socket for a while, hence the timeouts.)
+munge_ok() { timeout 5 munge -n </dev/null 2>/dev/null | timeout 5 unmunge >/dev/null 2>&1; }
+if munge_ok; then
     echo "slurm_up: using the munged that is already running"
 else
     key=/etc/munge/munge.key
@@ -93,36 +95,38 @@ else
     chown munge:munge /run/munge /var/lib/munge /var/log/munge
     chmod 0755 /run/munge
     # -F keeps munged in the foreground and setpriv execs it, so $! is munged's own PID.
+    # (Its pid file goes to /run/munge: the munge user cannot enter a 0700 STATE_DIR.)
     setsid setpriv --reuid=munge --regid=munge --init-groups munged -F \
-        --pid-file="$state"/munged.pid </dev/null >>"$state"/munged.log 2>&1 &
+        --pid-file=/run/munge/munged.pid </dev/null >>"$state"/munged.log 2>&1 &
     record munged $!
     for _ in $(seq 1 50); do
-        munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1 && break
+        munge_ok && break
+        kill -0 "$!" 2>/dev/null || break
         sleep 0.2
     done
-    munge -n </dev/null | unmunge >/dev/null || die "munged did not come up (see $state/munged.log)"
+    munge_ok || die "munged did not come up (see $state/munged.log)"
 fi
 
 # --- slurmctld and slurmd in the foreground (-D), backgrounded here, PIDs recorded ---
 setsid slurmctld -D -c -i </dev/null >>"$state"/slurmctld.out 2>&1 &
 record slurmctld $!
 for _ in $(seq 1 $((timeout_s * 5))); do
-    scontrol ping 2>/dev/null | grep -q UP && break
+    timeout 5 scontrol ping 2>/dev/null | grep -q UP && break
     sleep 0.2
 done
-scontrol ping | grep -q UP || die "slurmctld did not answer (see $state/slurmctld.log)"
+timeout 5 scontrol ping | grep -q UP || die "slurmctld did not answer (see $state/slurmctld.log)"
 
 setsid slurmd -D </dev/null >>"$state"/slurmd.out 2>&1 &
 record slurmd $!
 
 deadline=$((SECONDS + timeout_s))
 while ((SECONDS < deadline)); do
-    st=$(sinfo -h -n "$node" -o %T 2>/dev/null || true)
+    st=$(timeout 5 sinfo -h -n "$node" -o %T 2>/dev/null || true)
     [[ $st == idle ]] && break
     sleep 0.5
 done
 if [[ $st != idle ]]; then
-    sinfo -N -l >&2 || true
+    timeout 5 sinfo -N -l >&2 || true
     die "node $node not idle after ${timeout_s}s (state '$st'; see $state/slurmd.log)"
 fi
 echo "slurm_up: node $node idle; pids: $(tr '\n' ' ' <"$state"/pids)"
