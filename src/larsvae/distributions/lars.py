@@ -301,9 +301,10 @@ class ResampledPrior(Prior):
 
         if self.truncation is not None and bool((log_z_smooth > 0).any()):
             warnings.warn(
+                # A constant message, so the default filter reports it once, not every step;
+                # the values are in ``last_log_z_smooth``.
                 "LARS Algorithm 1: some per-example Z estimates exceed 1 (large importance "
-                f"weights, max Z = {float(log_z_smooth.max().exp()):.4g}); Eq. A.14 is "
-                "evaluated at Z = 1 for those examples",
+                "weights pi/q); Eq. A.14 is evaluated at Z = 1 for those examples",
                 RuntimeWarning,
                 stacklevel=2,
             )
