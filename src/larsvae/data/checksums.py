@@ -102,10 +102,10 @@ def decode(key: str, filename: str, raw: bytes) -> bytes | np.ndarray:
         elif filename.endswith(".zip"):
             images = omniglot_zip_to_array(raw, key)
         else:
-            raise DataError(f"{filename}: expected an Omniglot .npz or .zip archive")
+            raise DataError("expected an Omniglot .npz or .zip archive")
         if images.dtype != np.bool_ or images.shape != OMNIGLOT_SHAPES[key]:
             raise DataError(
-                f"{filename}: expected bool images of shape {OMNIGLOT_SHAPES[key]}, "
+                f"expected bool images of shape {OMNIGLOT_SHAPES[key]}, "
                 f"got {images.dtype} {images.shape}"
             )
         return images
@@ -113,7 +113,7 @@ def decode(key: str, filename: str, raw: bytes) -> bytes | np.ndarray:
         try:
             return gzip.decompress(raw)
         except (OSError, EOFError, zipfile.BadZipFile) as e:  # truncated / not gzip
-            raise DataError(f"{filename}: not a valid gzip file ({e})") from e
+            raise DataError(f"not a valid gzip file ({e})") from e
     return raw
 
 
@@ -123,21 +123,25 @@ def content_digest(data: bytes | np.ndarray) -> str:
     return sha256_hex(data)
 
 
-def verify(key: str, filename: str, raw: bytes) -> Content:
-    """Decode ``raw`` and check its content digest; raise :class:`ChecksumMismatch` if wrong."""
+def verify(key: str, filename: str, raw: bytes, label: str | None = None) -> Content:
+    """Decode ``raw`` and check its content digest; raise :class:`ChecksumMismatch` if wrong.
+
+    ``filename`` (its suffix) selects the decoder; ``label`` names the file in messages.
+    """
+    label = label or filename
     try:
         data = decode(key, filename, raw)
     except DataError as e:
-        raise ChecksumMismatch(f"{e}; expected content sha256 {SHA256[key]}") from e
+        raise ChecksumMismatch(f"{label}: {e}; expected content sha256 {SHA256[key]}") from e
     except Exception as e:  # a corrupted archive can fail in many ways
         raise ChecksumMismatch(
-            f"{filename}: cannot decode ({type(e).__name__}: {e}); "
+            f"{label}: cannot decode ({type(e).__name__}: {e}); "
             f"expected content sha256 {SHA256[key]}"
         ) from e
     actual = content_digest(data)
     if actual != SHA256[key]:
         raise ChecksumMismatch(
-            f"{filename}: checksum mismatch (sha256 of the decompressed content: "
+            f"{label}: checksum mismatch (sha256 of the decompressed content: "
             f"expected {SHA256[key]}, actual {actual})"
         )
     return Content(key, data, actual)

@@ -149,6 +149,8 @@ class Resolved:
 
 def mirror_dirs(mirrors: Iterable[str | os.PathLike] = ()) -> list[Path]:
     """Mirror folders to search: explicit ones (must exist), then ``$LARSVAE_DATA_MIRRORS``."""
+    if isinstance(mirrors, (str, os.PathLike)):
+        mirrors = [mirrors]  # one folder, not an iterable of characters
     out: list[Path] = []
     for m in mirrors:
         p = Path(m).expanduser()
@@ -225,9 +227,11 @@ class Resolver:
                 return True
         return False
 
-    def _accept(self, spec: FileSpec, filename: str, raw: bytes) -> Content | None:
+    def _accept(
+        self, spec: FileSpec, filename: str, raw: bytes, label: str | None = None
+    ) -> Content | None:
         try:
-            return verify(spec.key, filename, raw)
+            return verify(spec.key, filename, raw, label)
         except ChecksumMismatch as e:
             msg = f"rejected {e}"
             log.warning("%s; trying the next source", msg)
@@ -280,7 +284,7 @@ class Resolver:
         if not files or spec.registry_member not in files:
             return None
         where = f"{_REGISTRY_LABEL[spec.registry]} ({spec.registry_member})"
-        content = self._accept(spec, where, files[spec.registry_member])
+        content = self._accept(spec, spec.registry_member, files[spec.registry_member], where)
         return None if content is None else (content, where)
 
     # -- error text -----------------------------------------------------------------------------
