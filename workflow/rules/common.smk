@@ -45,8 +45,20 @@ def _dotted(path):
 def check_params(cfg):
     """Validate a params dict; raise WorkflowError('params: <key>: <what is wrong>').
 
-    Schema first (structure, names, types), then the library's own checks
-    (larsvae.config), which name the key the same way (``train.lr: ...``)."""
+    The library's own checks (larsvae.config) come first: they name the key exactly as the
+    CLI would (``train.lr: expected a number in (0.0, 1.0], got -1.0``). The schema then
+    checks everything else (structure, names of datasets/archs/priors, experiments)."""
+    try:
+        for name, parse in SECTION_PARSERS.items():
+            if isinstance(cfg.get(name), dict):
+                parse(cfg[name], name)
+            for ds, ov in (cfg.get("overrides") or {}).items():
+                if isinstance(ov, dict) and isinstance(ov.get(name), dict):
+                    parse(ov[name], f"overrides.{ds}.{name}")
+                    if isinstance(cfg.get(name), dict):
+                        parse(merged_section(cfg, name, ds), f"overrides.{ds}.{name}")
+    except lconfig.ConfigError as err:
+        raise WorkflowError(f"params: {err}") from None
     with open(SCHEMA) as fh:
         schema = yaml.safe_load(fh)
     errors = sorted(
@@ -55,15 +67,15 @@ def check_params(cfg):
     )
     if errors:
         e = errors[0]
-        raise WorkflowError(f"params: {_dotted(e.absolute_path)}: {e.message}")
-    try:
-        for name, parse in SECTION_PARSERS.items():
-            parse(cfg[name], name)
-            for ds, ov in cfg.get("overrides", {}).items():
-                if name in ov:
-                    parse(merged_section(cfg, name, ds), f"overrides.{ds}.{name}")
-    except lconfig.ConfigError as err:
-        raise WorkflowError(f"params: {err}") from None
+        path = list(e.absolute_path)
+        if e.validator == "additionalProperties":
+            known = set(e.schema.get("properties", {}))
+            extra = sorted(set(e.instance) - known)
+            raise WorkflowError(
+                f"params: {_dotted(path + extra[:1])}: unknown key "
+                f"(expected one of: {', '.join(sorted(known))})"
+            )
+        raise WorkflowError(f"params: {_dotted(path)}: {e.message}")
     for i, exp in enumerate(cfg["experiments"]):
         for j, run in enumerate(exp["runs"]):
             if run["mode"] == "posthoc" and run["prior"] != "lars":

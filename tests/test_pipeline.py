@@ -1,0 +1,367 @@
+"""The workflow: Snakemake lint, params validation, GPU slots, DVC <-> DAG drift, and an
+end-to-end smoke run (Snakemake, then `dvc repro smoke`) in a temporary clone of the repo."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from larsvae import config as lconfig
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+GPU_SLOT = REPO / "workflow" / "scripts" / "gpu_slot.py"
+RULE_TYPES = {
+    "prepare_data", "train_standard", "train_joint", "train_posthoc",
+    "estimate_z", "reduce_z", "evaluate", "report",
+}
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    mirrors = [m for m in env.get("LARSVAE_DATA_MIRRORS", "").split(":") if m]
+    shared = REPO.parent / "shared" / "datasets"
+    if not mirrors and shared.is_dir():
+        mirrors = [str(shared)]
+    # the runs below happen in another directory: make relative mirror paths absolute
+    env["LARSVAE_DATA_MIRRORS"] = ":".join(str((REPO / m).resolve()) for m in mirrors)
+    env.update(extra)
+    return env
+
+
+def _run(cmd, cwd, timeout=600, **env):
+    return subprocess.run(cmd, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Static checks
+
+
+def test_snakemake_lint_is_clean():
+    r = _run(SNAKEMAKE + ["--lint"], REPO, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert "Congratulations, your workflow is in a good condition!" in out, out[-3000:]
+    assert "Lints for" not in out
+
+
+@pytest.mark.parametrize("budget", ["paper", "quick", "smoke"])
+def test_params_files_validate_and_build_every_cell(budget, tmp_path):
+    """Each params file passes the schema and the library checks, and its DAG has one
+    evaluation per configured cell (Z only for LARS cells, the right number of shards)."""
+    r = _run(SNAKEMAKE + ["--summary", "--configfile", str(REPO / f"params/{budget}.yaml"),
+                          "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path)],
+             REPO, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    outs = {line.split("\t")[0] for line in r.stdout.splitlines()[1:] if line.strip()}
+    cfg = yaml.safe_load((REPO / f"params/{budget}.yaml").read_text())
+    cells = {
+        (d, a, run["prior"], run["mode"], s)
+        for e in cfg["experiments"] for d in e["datasets"] for a in e["archs"]
+        for run in e["runs"] for s in cfg["seeds"]
+    }
+    nlls = {o for o in outs if o.endswith("/nll.json")}
+    assert nlls == {f"results/{d}/{a}/{p}/{m}/seed{s}/nll.json" for d, a, p, m, s in cells}
+    for d, a, p, m, s in cells:
+        shards = {o for o in outs if o.startswith(f"results/{d}/{a}/{p}/{m}/seed{s}/z/")}
+        n = cfg["overrides"].get(d, {}).get("evaluate", {}).get("z_shards", cfg["evaluate"]["z_shards"])
+        expect = {f"results/{d}/{a}/{p}/{m}/seed{s}/z/shard{i}of{n}.json" for i in range(n)}
+        assert shards == (expect if p in lconfig.LARS_PRIORS else set())
+        if m == "posthoc":  # post-hoc LARS needs the standard-prior checkpoint of its cell
+            assert f"models/{d}/{a}/gaussian/standard/seed{s}/model.pt" in outs
+    assert {"reports/table1.md", "reports/metrics.json", "reports/main.md"} <= outs
+
+
+def test_paper_params_are_appendix_c3():
+    cfg = yaml.safe_load((REPO / "params/paper.yaml").read_text())
+    t, m, e = cfg["train"], cfg["model"], cfg["evaluate"]
+    assert (t["iterations"], t["batch_size"], t["lr"], t["lr_final"]) == (10**7, 128, 3e-4, 1e-4)
+    assert (t["lr_decay_step"], t["warmup_steps"]) == (10**6, 10**5)
+    assert (m["acceptance_hidden"], m["truncation"], m["train_z_samples"]) == ([100, 100], 100, 2**10)
+    assert (e["z_samples"], e["iwae_k"], e["test_subset"]) == (10**10, 1000, None)
+    st = cfg["overrides"]["static_mnist"]["train"]  # staticMNIST: halved times, early stopping
+    assert (st["warmup_steps"], st["lr_decay_step"]) == (t["warmup_steps"] // 2, t["lr_decay_step"] // 2)
+    assert st["early_stopping_patience"] > 0 and st["eval_every"] > 0
+    grid = {(d, a, r["prior"], r["mode"]) for x in cfg["experiments"] for d in x["datasets"]
+            for a in x["archs"] for r in x["runs"]}
+    for d in lconfig.DATASETS:
+        for a in lconfig.ARCHS:
+            assert {(d, a, "gaussian", "standard"), (d, a, "lars", "standard")} <= grid
+
+
+def test_schema_mirrors_the_config_dataclasses():
+    """The schema lists exactly the dataclass fields (a new config key must reach both)."""
+    schema = yaml.safe_load((REPO / "workflow/schemas/params.schema.yaml").read_text())
+    for name, cls in (("model", lconfig.ModelConfig), ("train", lconfig.TrainConfig),
+                      ("evaluate", lconfig.EvalConfig)):
+        assert set(schema["$defs"][name]["properties"]) == {f.name for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda c: c["train"].__setitem__("lr", -1), "train.lr"),
+        (lambda c: c["model"].__setitem__("latent_dm", 8), "model.latent_dm: unknown key"),
+        (lambda c: c.__setitem__("trian", {}), "trian: unknown key"),
+        (lambda c: c["experiments"][0]["runs"][0].__setitem__("prior", "larz"),
+         "experiments[0].runs[0].prior"),
+        (lambda c: c.setdefault("overrides", {}).__setitem__(
+            "static_mnist", {"model": {"truncation": 0}}), "overrides.static_mnist.model.truncation"),
+        (lambda c: c["experiments"][0]["runs"].append({"prior": "gaussian", "mode": "posthoc"}),
+         "experiments[0].runs[3]"),
+    ],
+    ids=["negative-lr", "typo-key", "typo-section", "unknown-prior", "override-T0", "posthoc-gaussian"],
+)
+def test_bad_params_fail_naming_the_key(edit, key, tmp_path):
+    cfg = yaml.safe_load((REPO / "params/smoke.yaml").read_text())
+    edit(cfg)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    r = _run(SNAKEMAKE + ["-n", "--configfile", str(bad), "--snakefile", str(REPO / "Snakefile"),
+                          "--directory", str(tmp_path)], REPO, timeout=120)
+    assert r.returncode != 0
+    msg = r.stdout + r.stderr
+    assert f"params: {key}" in msg, msg[-2000:]
+    assert "Traceback" not in msg
+
+
+def _load_dvc_stages_module():
+    spec = importlib.util.spec_from_file_location("dvc_stages", REPO / "workflow/scripts/dvc_stages.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _stage_paths(stage: dict) -> dict[str, set[str]]:
+    return {kind: {next(iter(o)) for o in stage.get(kind, [])} for kind in ("outs", "metrics", "plots")}
+
+
+def test_dvc_yaml_matches_the_snakemake_dag():
+    """dvc.yaml declares, per stage, exactly the files that stage's Snakemake DAG writes."""
+    mod = _load_dvc_stages_module()
+    expected = yaml.safe_load(mod.render())["stages"]
+    actual = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert set(actual) == set(expected) == {"main", "smoke", "paper"}
+    for name in expected:
+        exp, act = _stage_paths(expected[name]), _stage_paths(actual[name])
+        for kind in exp:
+            missing, extra = exp[kind] - act[kind], act[kind] - exp[kind]
+            assert not missing and not extra, (
+                f"dvc.yaml stage {name!r} {kind} drifted from the DAG: missing {sorted(missing)[:5]}, "
+                f"extra {sorted(extra)[:5]}; run `python workflow/scripts/dvc_stages.py`"
+            )
+        assert actual[name]["cmd"] == expected[name]["cmd"]
+        assert actual[name]["params"] == expected[name]["params"]
+    # wraps, never re-lists: one snakemake call per stage, every LARS cell's Z and the metrics
+    assert all(s["cmd"].startswith("snakemake ") for s in actual.values())
+    assert {next(iter(m)) for m in actual["main"]["metrics"]} == {"reports/metrics.json"}
+    assert actual["paper"].get("frozen") is True
+    assert (REPO / "dvc.yaml").read_text() == mod.render(), "dvc.yaml differs only in formatting"
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU slots
+
+
+def _slot_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CUDA_VISIBLE"))}
+    env.update(extra)
+    return env
+
+
+PROBE = (
+    "import os, sys, time, json; t0 = time.time(); time.sleep(float(sys.argv[1])); "
+    "print(json.dumps({'dev': os.environ.get('CUDA_VISIBLE_DEVICES'), 't0': t0, 't1': time.time()}))"
+)
+
+
+def _probe(env, sleep=0.0):
+    return subprocess.Popen([sys.executable, str(GPU_SLOT), "--", sys.executable, "-c", PROBE, str(sleep)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_gpu_slot_concurrent_jobs_get_distinct_devices(tmp_path):
+    env = _slot_env(LARSVAE_FAKE_GPUS="2", LARSVAE_GPU_LOCK_DIR=str(tmp_path))
+    procs = [_probe(env, 0.8) for _ in range(5)]
+    runs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert {r["dev"] for r in runs} == {"0", "1"}
+    for i, a in enumerate(runs):  # jobs on one device never overlap in time
+        for b in runs[i + 1:]:
+            if a["dev"] == b["dev"]:
+                assert a["t1"] <= b["t0"] or b["t1"] <= a["t0"], (a, b)
+    # 5 jobs x 0.8 s on 2 devices: at least 3 rounds (>= 2.4 s), so the slots did serialise
+    assert max(r["t1"] for r in runs) - min(r["t0"] for r in runs) >= 2.4 - 0.05
+
+
+def test_gpu_slot_uses_only_the_visible_devices(tmp_path):
+    env = _slot_env(CUDA_VISIBLE_DEVICES="2,5", LARSVAE_GPU_LOCK_DIR=str(tmp_path))
+    procs = [_probe(env, 0.5) for _ in range(2)]
+    assert sorted(json.loads(p.communicate(timeout=60)[0])["dev"] for p in procs) == ["2", "5"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "dev"),
+    [({"LARSVAE_FAKE_GPUS": "0"}, None),  # CPU-only machine: unchanged
+     ({"CUDA_VISIBLE_DEVICES": "3"}, "3"),  # already pinned (e.g. SLURM gres): kept
+     ({"CUDA_VISIBLE_DEVICES": "0,1", "SLURM_JOB_GPUS": "0,1"}, "0,1"),  # scheduler's choice
+     ({"CUDA_VISIBLE_DEVICES": ""}, "")],
+    ids=["cpu", "pinned", "slurm", "empty"],
+)
+def test_gpu_slot_passes_through(extra, dev, tmp_path):
+    env = _slot_env(LARSVAE_GPU_LOCK_DIR=str(tmp_path / "locks"), **extra)
+    out, err = _probe(env).communicate(timeout=60)
+    assert json.loads(out)["dev"] == dev
+    assert not (tmp_path / "locks").exists()  # no slot was taken
+
+
+def test_gpu_slot_released_when_the_job_is_killed(tmp_path):
+    env = _slot_env(LARSVAE_FAKE_GPUS="1", LARSVAE_GPU_LOCK_DIR=str(tmp_path))
+    holder = _probe(env, 60)
+    deadline = time.time() + 20
+    while not (tmp_path / "gpu0.lock").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    waiter = _probe(env, 0)
+    time.sleep(1.0)
+    assert waiter.poll() is None  # blocked behind the holder
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=10)
+    out, _ = waiter.communicate(timeout=20)
+    assert json.loads(out)["dev"] == "0"
+
+
+def test_gpu_slot_missing_command_exits_127(tmp_path):
+    r = subprocess.run([sys.executable, str(GPU_SLOT), "--", "no-such-command-xyz"],
+                       env=_slot_env(LARSVAE_FAKE_GPUS="0"), capture_output=True, text=True)
+    assert r.returncode == 127 and "no-such-command-xyz" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end, in a temporary clone (the checkout is never dirtied)
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    """git clone of the working tree plus its uncommitted (tracked-modified and untracked,
+    not ignored) files, so the test sees what is on disk."""
+    dst = tmp_path_factory.mktemp("e2e") / "repo"
+    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(REPO), str(dst)], check=True)
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--modified", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")
+    for f in filter(None, files):
+        src = REPO / f
+        if src.is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / f)
+    for f in subprocess.run(["git", "ls-files", "-z", "--deleted"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.split("\0"):
+        if f:
+            (dst / f).unlink(missing_ok=True)
+    return dst
+
+
+def _rules_run(workdir: Path) -> set[str]:
+    rules = set()
+    for log in (workdir / ".snakemake" / "log").glob("*.snakemake.log"):
+        rules |= set(re.findall(r"^(?:local)?rule (\w+):", log.read_text(), flags=re.M))
+    return rules
+
+
+def _check_smoke_outputs(root: Path) -> dict:
+    from larsvae.zestimate import ZEstimate
+
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    table = (root / "reports/table1.md").read_text()
+    cells = {"gaussian_standard": "dynamic_mnist/vae/gaussian/standard/seed1",
+             "lars_standard": "dynamic_mnist/vae/lars/standard/seed1",
+             "lars_posthoc": "dynamic_mnist/vae/lars/posthoc/seed1"}
+    nll = {}
+    for key, cell in cells.items():
+        res = json.loads((root / f"results/{cell}/nll.json").read_text())
+        nll[key] = res["nll"]
+        assert math.isfinite(res["nll"]) and res["nll"] > 0
+        assert metrics["nll"]["dynamic_mnist"]["vae"][key]["seed1"] == res["nll"]
+        assert f"{res['nll']:.2f}" in table
+        assert (root / f"models/{cell}/curve.tsv").read_text().startswith("step\t")
+        zfile = root / f"results/{cell}/z.json"
+        if key == "gaussian_standard":  # no Z for the standard prior
+            assert not zfile.exists() and "z" not in res
+            continue
+        shards = [ZEstimate.from_dict(json.loads(p.read_text())["estimate"])
+                  for p in sorted((root / f"results/{cell}/z").glob("shard*of2.json"))]
+        assert len(shards) == 2
+        z = json.loads(zfile.read_text())
+        # the reduce step is exact: the pooled mean of the shards' sufficient statistics
+        pooled = sum(s.sum for s in shards) / sum(s.n for s in shards)
+        assert z["z"] == pytest.approx(pooled, rel=1e-12)
+        assert 0 < z["z"] <= 1 and res["z"] == pytest.approx(z["z"], rel=1e-12)
+    gains = metrics["gain"]["dynamic_mnist"]["vae"]
+    assert gains["standard"] == pytest.approx(nll["gaussian_standard"] - nll["lars_standard"], abs=1e-3)
+    assert gains["posthoc"] == pytest.approx(nll["gaussian_standard"] - nll["lars_posthoc"], abs=1e-3)
+    # paper values beside ours; cells not run shown as a dash; the budget is stated
+    assert "84.97" in table and "83.03" in table and "228.68" in table
+    assert "— / 89.11" in table and "Budget **`smoke`**" in table
+    assert "NOT the paper's budget" in (root / "reports/main.md").read_text()
+    assert (root / "reports/figures/training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    return metrics
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_smoke_dag_end_to_end(clone):
+    t0 = time.time()
+    r = _run(SNAKEMAKE + ["--cores", "2", "-s", "Snakefile", "--configfile", "params/smoke.yaml",
+                          "reports/table1.md"], clone, timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    print(f"smoke DAG: {time.time() - t0:.1f} s")
+    assert RULE_TYPES <= _rules_run(clone), _rules_run(clone)
+    _check_smoke_outputs(clone)
+    # per-rule logs, with tqdm progress in the training log
+    log = (clone / "logs/train/dynamic_mnist/vae/lars/standard/seed1.log").read_text()
+    assert "it/s" in log or "s/it" in log
+    assert len(list((clone / "logs/estimate_z").rglob("shard*of2.log"))) == 4
+    # the DAG is cached: a second call has nothing to do
+    r = _run(SNAKEMAKE + ["-n", "--configfile", "params/smoke.yaml", "reports/table1.md"], clone)
+    assert "Nothing to be done" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_dvc_repro_smoke(clone):
+    dvc = [str(BIN / "dvc")]
+    t0 = time.time()
+    r = _run(dvc + ["repro", "smoke"], clone, timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    print(f"dvc repro smoke: {time.time() - t0:.1f} s")
+    root = clone / "runs" / "smoke"
+    assert RULE_TYPES | {"sample_grid"} <= _rules_run(root)
+    _check_smoke_outputs(root)
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]["smoke"]
+    assert {o["path"] for o in lock["outs"]} >= {"runs/smoke/reports/table1.md"}
+    r = _run(dvc + ["status", "smoke"], clone)
+    assert r.returncode == 0 and "changed" not in r.stdout, r.stdout
+    r = _run(dvc + ["metrics", "show", "--json"], clone)
+    assert r.returncode == 0, r.stderr
+    shown = json.dumps(json.loads(r.stdout))
+    nll = json.loads((root / "results/dynamic_mnist/vae/lars/standard/seed1/nll.json").read_text())["nll"]
+    assert str(round(nll, 4)) in shown
+    r = _run(dvc + ["params", "diff", "--all"], clone)
+    assert r.returncode == 0 and "params/smoke.yaml" in r.stdout, r.stdout + r.stderr
