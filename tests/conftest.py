@@ -102,8 +102,8 @@ def files_under(d: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------
 # kill -9 / resume harness (tests/test_train_resume.py, reports/reliability.md)
 
-KILL_TRAIN = {"iterations": 240, "batch_size": 32, "checkpoint_every": 7, "log_every": 1,
-              "warmup_steps": 100, "lr_decay_step": 150, "lr": 1e-3, "lr_final": 3e-4}
+KILL_TRAIN = {"iterations": 160, "batch_size": 32, "checkpoint_every": 7, "log_every": 1,
+              "warmup_steps": 60, "lr_decay_step": 100, "lr": 1e-3, "lr_final": 3e-4}
 KILL_MODEL = {"truncation": 100, "eps": 0.1}
 KILL_SEED = 3
 

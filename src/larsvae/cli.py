@@ -67,12 +67,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [ConfigError, UserError]
-    try:
-        from .data import DataError
-
-        types.append(DataError)
-    except ImportError:
-        pass
+    data_errors = sys.modules.get("larsvae.data.checksums")
+    if data_errors is not None:  # not imported -> no DataError can have been raised
+        types.append(data_errors.DataError)
     return tuple(types)
 
 
@@ -164,6 +161,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError("--init is only used with --posthoc")
     if args.posthoc and prior != "lars":
         raise UserError(f"--prior {prior!r}: post-hoc training learns a 'lars' prior")
+    _existing_file(args.dataset_file, "--dataset-file")
+    if args.init:
+        _existing_file(args.init, "--init")
     import torch
 
     from .checkpoint import load_checkpoint, make_posthoc
