@@ -88,7 +88,9 @@ class _AffineCoupling(nn.Module):
         self.d_out = dim - self.d_cond
         self.scale_clamp = float(scale_clamp)
         layers: list[nn.Module] = []
-        width = self.d_cond
+        # dim = 1 leaves nothing to condition on: the conditioner then sees a constant 0
+        # input and learns a plain affine map.
+        width = max(self.d_cond, 1)
         for h in hidden:
             layers += [nn.Linear(width, h), nn.Tanh()]
             width = h
@@ -98,6 +100,8 @@ class _AffineCoupling(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def _shift_log_scale(self, x_cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.d_cond == 0:
+            x_cond = x_cond.new_zeros(x_cond.shape[0], 1)
         raw_s, t = self.net(x_cond).chunk(2, dim=-1)
         return t, _soft_clamp(raw_s, self.scale_clamp)
 
