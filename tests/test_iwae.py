@@ -30,6 +30,15 @@ from larsvae.models import VAE, build_model
 LOG_2PI = math.log(2 * math.pi)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Small models: intra-op threads only add contention on a busy CI machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class LinearGaussian(nn.Module):
     """p(z) = N(0, I_d), p(x|z) = N(Wz + b, sigma^2 I_D) with q(z|x) either the exact
     posterior or a deliberately imperfect diagonal Gaussian (shifted mean, inflated std).
