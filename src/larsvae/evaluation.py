@@ -254,11 +254,14 @@ def nll_summary(
     nll_z = 0.0
     if z_estimate is not None and prior is not None:
         z_mean, z_se = float(z_estimate.mean), float(z_estimate.stderr)
+        if not z_mean > 0.0:
+            raise ValueError(f"z_estimate.mean: expected a positive number, got {z_mean!r}")
+        log_mean = float(getattr(z_estimate, "log_mean", math.log(z_mean)))
         installed = float(prior.log_z)
-        if not math.isclose(math.log(z_mean), installed, rel_tol=0.0, abs_tol=1e-9):
+        if not math.isclose(log_mean, installed, rel_tol=0.0, abs_tol=1e-9):
             raise ValueError(
                 f"the prior's log Z ({installed!r}) is not the given estimate's "
-                f"({math.log(z_mean)!r}); call prior.set_log_z(z.log_mean) first"
+                f"({log_mean!r}); call prior.set_log_z(z.log_mean) first"
             )
         z_rel = z_se / z_mean
         nll_z = nll_z_error(dnll, z_mean, z_se)
