@@ -1,12 +1,12 @@
 # larsvae workflow: Bauer & Mnih (2019) Table 1 as a cached DAG.
 #   snakemake --cores all --resources gpu=4 reports/table1.md        (paper budget)
-#   snakemake --cores 2 --configfile params/quick.yaml reports/table1.md
+#   snakemake --cores 2 reports/table1.md --configfile params/quick.yaml
 # Parameters live in params/*.yaml (the paper's budget unless --configfile names another;
 # a named file replaces it rather than being merged into it); runtime choices live in
 # workflow/profiles/.
 if not workflow.config_settings.configfiles:
 
-    configfile: "params/paper.yaml"
+    configfile: f"{workflow.basedir}/params/paper.yaml"
 
 
 include: "workflow/rules/common.smk"
