@@ -231,6 +231,14 @@ def test_nonexistent_mirror_folder_is_a_clear_error(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+@needs_mirror
+def test_unwritable_out_dir_is_a_data_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(DataError, match="cannot write"):
+        prep.prepare("static_mnist", blocker / "out", [MIRROR], download=False, registry=False)
+
+
 def test_env_mirror_that_does_not_exist_is_skipped_with_a_warning(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv(src.MIRRORS_ENV, f"{tmp_path / 'gone'}::{tmp_path}")
     assert src.mirror_dirs() == [tmp_path]

@@ -215,3 +215,20 @@ def test_batch_stream_on_real_data_resumes(prepared):
     b = BatchStream(data["train"], 128, seed=11)
     for t, x in zip(range(400, 404), first, strict=True):
         assert torch.equal(b.batch(t), x)
+
+
+def test_static_mnist_from_canonical_amat_files(prepared, tmp_path):
+    """The .amat variant (as served by Larochelle's URLs) gives the same arrays."""
+    mirror = tmp_path / "amat"
+    (mirror / "binarized_mnist").mkdir(parents=True)
+    with np.load(prepared / "static_mnist.npz") as z:
+        for s in ("train", "valid", "test"):
+            text = prep.amat_text(z[s])
+            (mirror / "binarized_mnist" / f"binarized_mnist_{s}.amat").write_bytes(text)
+    out = tmp_path / "out"
+    prep.prepare("static_mnist", out, [mirror], download=False, registry=False)
+    man = load_manifest(out / "static_mnist.json")
+    assert man["variant"] == "amat" and len(man["files"]) == 3
+    with np.load(out / "static_mnist.npz") as a, np.load(prepared / "static_mnist.npz") as b:
+        for s in ("train", "valid", "test"):
+            np.testing.assert_array_equal(a[s], b[s])

@@ -145,7 +145,9 @@ class BatchStream:
 
     def batch(self, step: int) -> torch.Tensor:
         """Training batch at ``step``: float32 (B, D) in {0, 1}, x ~ Bernoulli(v/255) if dynamic."""
-        x = self.data[self.indices(step)]  # (B, D) uint8
+        x = torch.index_select(
+            self.data, 0, self.indices(step)
+        )  # (B, D) uint8; `[idx]` is ~30x slower on CPU
         if not self.dynamic:
             return x.float()
         self._gen.manual_seed(_derive_seed(self.seed, _STREAM_BINARIZE, step))

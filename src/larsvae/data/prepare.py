@@ -393,14 +393,15 @@ def prepare(
         **extra,
     }
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(
-        out,
-        {
-            f"{dataset}.npz": npz_bytes(arrays),
-            f"{dataset}.json": (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
-        },
-    )
+    files = {
+        f"{dataset}.npz": npz_bytes(arrays),
+        f"{dataset}.json": (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
+    }
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_atomic(out, files)
+    except OSError as e:
+        raise DataError(f"cannot write {dataset} to {str(out)!r}: {e.strerror or e}") from e
     log.info(
         "wrote %s (%s)",
         out / f"{dataset}.npz",
