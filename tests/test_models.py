@@ -188,7 +188,7 @@ def test_single_sample_kl_is_unbiased_for_gaussian_vae():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_importance_weighting_tightens_the_bound(arch):
     """E[log mean_k w_k] >= E[log w] (Burda et al.): IWAE(K=20) above the ELBO, for L=1, 2."""
-    model = _train(_model(arch, "gaussian"), _batch(8), steps=30)
+    model = _train(_model(arch, "gaussian"), _batch(8), steps=10)
     model.eval()
     x = _batch(4, seed=1).repeat_interleave(50, 0)
     with torch.no_grad():
@@ -271,6 +271,14 @@ def test_posthoc_trains_only_the_acceptance_network(arch):
             assert not changed, k
     with pytest.raises(RuntimeError, match="already"):
         model.make_posthoc(SMALL)
+    # A post-hoc checkpoint loads into a jointly-built LARS model and gives the same ELBO.
+    joint = _model(arch, "lars", seed=1)
+    joint.load_state_dict(model.state_dict())
+    model.eval(), joint.eval()
+    torch.testing.assert_close(
+        joint.loss(x, generator=torch.Generator().manual_seed(0))["elbo"],
+        model.loss(x, generator=torch.Generator().manual_seed(0))["elbo"],
+    )
 
 
 def test_posthoc_requires_a_gaussian_top_prior():
