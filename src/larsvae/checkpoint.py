@@ -43,8 +43,10 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> None:
     atomic_torch_save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, path)
 
 
-def _one_line(exc: BaseException, limit: int = 160) -> str:
+def _one_line(exc: BaseException, limit: int = 120) -> str:
+    """The first sentence of an exception message, on one line."""
     text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text.split(". ")[0].rstrip(".")
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
