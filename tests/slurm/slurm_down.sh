@@ -8,9 +8,15 @@ conf_dir=/etc/slurm
 export PATH="$PATH:/usr/sbin:/sbin"
 [[ -d $state ]] || exit 0
 
-# Cancel jobs still queued on the test cluster so slurmd has nothing left to wait for.
-if [[ -s $state/pids ]] && command -v scancel >/dev/null; then
+# Cancel jobs still queued or running on the test cluster (a timed-out or interrupted
+# run), and give their processes up to 30 s to end while slurmd can still signal them.
+if [[ -s $state/pids ]] && grep -q '^slurmctld ' "$state"/pids && command -v scancel >/dev/null; then
     timeout 10 scancel --full --quiet --user="$(id -un)" 2>/dev/null || true
+    for _ in $(seq 1 30); do
+        left=$(timeout 5 squeue -h -t PENDING,RUNNING,COMPLETING,CONFIGURING -o %i 2>/dev/null) || break
+        [[ -z $left ]] && break
+        sleep 1
+    done
 fi
 
 # Reverse start order: slurmd, slurmctld, munged. Only PIDs whose command line still
