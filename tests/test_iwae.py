@@ -274,3 +274,14 @@ def test_gaussian_prior_has_no_z_sensitivity():
     model = VAE(StandardNormal(4), cfg)
     s = nll_summary(model, _x().float(), k=8, seed=0)
     assert s.dnll_dlogz == 0.0 and s.nll_z_stderr == 0.0 and math.isfinite(s.nll)
+
+
+def test_lars_model_without_z_estimate_is_rejected():
+    cfg = ModelConfig(latent_dim=4, hidden=32, acceptance_hidden=(16, 16))
+    torch.manual_seed(0)
+    model = build_model("vae", "lars", cfg)
+    with pytest.raises(ValueError, match="set_log_z"):
+        iwae_log_likelihood(model, _x().float(), k=4, seed=0)
+    model.top_prior.set_log_z(-0.7)
+    ll = iwae_log_likelihood(model, _x().float(), k=4, seed=0, progress=True)
+    assert torch.isfinite(ll).all()

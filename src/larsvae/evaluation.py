@@ -123,7 +123,14 @@ def _iwae(
     ref = _reference_tensor(model, x)
     if seed is not None:
         generator = torch.Generator(device=ref.device).manual_seed(seed)
-    prior = _lars_prior(model) if sensitivity else None
+    prior = _lars_prior(model)
+    if prior is not None and not bool(prior.log_z_initialised):
+        # log_prob would fall back to a fresh, random Z estimate in every chunk.
+        raise ValueError(
+            "the LARS prior holds no Z estimate: train it or call prior.set_log_z() first"
+        )
+    if not sensitivity:
+        prior = None
     n = x.shape[0]
     log_px = torch.empty(n, dtype=torch.float64)
     sens = torch.zeros(n, dtype=torch.float64) if sensitivity else None
