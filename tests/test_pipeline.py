@@ -153,8 +153,8 @@ def _stage_paths(stage: dict) -> dict[str, set[str]]:
 
 def test_dvc_yaml_matches_the_snakemake_dag():
     """dvc.yaml declares, per stage, exactly the files that stage's Snakemake DAG writes."""
-    mod = _load_dvc_stages_module()
-    expected = yaml.safe_load(mod.render())["stages"]
+    rendered = _load_dvc_stages_module().render()
+    expected = yaml.safe_load(rendered)["stages"]
     actual = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert set(actual) == set(expected) == {"main", "smoke", "paper"}
     for name in expected:
@@ -171,7 +171,7 @@ def test_dvc_yaml_matches_the_snakemake_dag():
     assert all(s["cmd"].startswith("snakemake ") for s in actual.values())
     assert {next(iter(m)) for m in actual["main"]["metrics"]} == {"reports/metrics.json"}
     assert actual["paper"].get("frozen") is True
-    assert (REPO / "dvc.yaml").read_text() == mod.render(), "dvc.yaml differs only in formatting"
+    assert (REPO / "dvc.yaml").read_text() == rendered, "dvc.yaml differs only in formatting"
 
 
 # ---------------------------------------------------------------------------------------------
