@@ -374,3 +374,44 @@ def test_dvc_repro_smoke(clone):
     assert str(round(nll, 4)) in shown
     r = _run(dvc + ["params", "diff", "--all"], clone)
     assert r.returncode == 0 and "params/smoke.yaml" in r.stdout, r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Report arithmetic on hand-made results (two seeds: mean +- sd)
+
+
+def test_report_tables_from_known_results(tmp_path):
+    from larsvae.reports import metrics, render_main, render_table1
+    from larsvae.reports.table1 import load_results, now_utc
+
+    nlls = {("gaussian", "standard"): [90.0, 92.0], ("lars", "standard"): [88.0, 89.0]}
+    cells = []
+    for (prior, mode), values in nlls.items():
+        for seed, v in zip((1, 2), values, strict=True):
+            d = tmp_path / f"results/dynamic_mnist/vae/{prior}/{mode}/seed{seed}"
+            d.mkdir(parents=True)
+            res = {"nll": v, "nll_stderr": 0.5, "k": 1000, "n": 10000}
+            if prior == "lars":
+                res.update(z=0.25, z_stderr=1e-4, nll_z_stderr=4e-4, acceptance_rate=0.25)
+                (d / "z.json").write_text(json.dumps({"z": 0.25, "z_stderr": 1e-4, "estimate": {"n": 10}}))
+            (d / "nll.json").write_text(json.dumps(res))
+            cells.append(dict(dataset="dynamic_mnist", arch="vae", prior=prior, mode=mode, seed=seed,
+                              nll=str(d / "nll.json"), z=str(d / "z.json") if prior == "lars" else None,
+                              curve="", manifest="missing.json"))
+    spec = {"name": "unit", "seeds": [1, 2], "cells": cells, "budget": {}}
+    res = load_results(spec, tmp_path)
+    now = now_utc()
+    table = render_table1(spec, res, tmp_path, now)
+    # means 91 and 88.5; sd over seeds sqrt(2) and sqrt(0.5); paper 84.97 / 83.03
+    assert f"**91.00 ± {math.sqrt(2):.2f}** / 84.97 (+6.03)" in table
+    assert f"**88.50 ± {math.sqrt(0.5):.2f}** / 83.03 (+5.47)" in table
+    assert "+2.50 / +1.94" in table  # LARS gain, ours / paper
+    assert "— / 89.11 (—)" in table  # staticMNIST not run
+    assert "mean ± sd over seeds" in table and "NOT the paper's budget" in table
+    m = metrics(spec, res)
+    cell = m["nll"]["dynamic_mnist"]["vae"]["lars_standard"]
+    assert cell["nll"] == 88.5 and cell["nll_sd"] == pytest.approx(math.sqrt(0.5), abs=1e-4)
+    assert cell["diff_vs_paper"] == pytest.approx(88.5 - 83.03) and cell["z"] == 0.25
+    assert m["gain"]["dynamic_mnist"]["vae"]["standard"] == 2.5
+    main = render_main(spec, res, tmp_path, now)
+    assert "| LARS, post-hoc | — |" in main and "0.25 ± 1.00e-04" in main

@@ -30,14 +30,14 @@ def plot_training_curves(spec: dict[str, Any], out: str | Path, root: str | Path
 
     panels = [("neg_elbo", "-ELBO (nats, training batches)"), ("kl", "KL (nats)"), ("log_z", "log Z (running <Z>)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
-    for c in spec["cells"]:
+    for i, c in enumerate(spec["cells"]):  # one colour per cell across all panels
         curve = read_curve(Path(root) / c["curve"])
         if "step" not in curve:
             continue
         label = f"{c['dataset']}/{c['arch']}/{c['prior']}/{c['mode']}/seed{c['seed']}"
         for ax, (key, _) in zip(axes, panels, strict=True):
             if key in curve and any(v == v for v in curve[key]):  # skip all-NaN columns
-                ax.plot(curve["step"], curve[key], label=label, lw=1)
+                ax.plot(curve["step"], curve[key], label=label, lw=1, color=f"C{i % 10}")
     for ax, (_, title) in zip(axes, panels, strict=True):
         ax.set_title(title)
         ax.set_xlabel("iteration")
