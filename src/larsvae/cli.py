@@ -459,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
         sp.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+        sp.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (e.g. the rule's threads; default: torch's)")
 
     t = sub.add_parser("train", help="train a model (standard, joint LARS, or post-hoc LARS)")
     t.add_argument("--dataset-file", required=True)
@@ -520,6 +522,12 @@ def main(argv: list[str] | None = None) -> int:
             rc = cmd_prepare_data(argv[1:])
         else:
             args = build_parser().parse_args(argv)
+            if getattr(args, "threads", None) is not None:
+                if args.threads < 1:
+                    raise UserError(f"--threads: expected an integer >= 1, got {args.threads}")
+                import torch
+
+                torch.set_num_threads(args.threads)
             rc = _COMMANDS[args.command](args)
     except TrainingDiverged as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
