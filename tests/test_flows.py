@@ -176,7 +176,9 @@ def test_flow_interface_attributes_and_state():
     sd = maf.state_dict()
     assert all(f"perm{k}" in sd for k in range(5))
     assert torch.equal(MAF(5, perm_seed=3).perm2, maf.perm2)
-    assert not all(torch.equal(MAF(5, perm_seed=4).get_buffer(f"perm{k}"), sd[f"perm{k}"]) for k in range(5))
+    assert not all(
+        torch.equal(MAF(5, perm_seed=4).get_buffer(f"perm{k}"), sd[f"perm{k}"]) for k in range(5)
+    )
     assert len(nvp.couplings) == 4 and len(maf.blocks) == 5
 
 

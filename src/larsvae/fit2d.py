@@ -110,7 +110,9 @@ def fit_density(
     Returns a :class:`FitHistory`. The prior is left in eval mode.
     """
     if steps < 0 or batch_size < 1 or not lr > 0:
-        raise ValueError(f"need steps >= 0, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}")
+        raise ValueError(
+            f"need steps >= 0, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}"
+        )
     is_lars = isinstance(prior, ResampledPrior)
     if is_lars and not train_proposal:
         params = [p for p in prior.acceptance.parameters() if p.requires_grad]
@@ -129,7 +131,9 @@ def fit_density(
             x = _minibatch(data, batch_size, data_gen, device)
             loss = -prior.train_log_prob(x, None).mean()
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"fit_density: non-finite loss {loss.item()} at step {step}")
+                raise FloatingPointError(
+                    f"fit_density: non-finite loss {loss.item()} at step {step}"
+                )
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -153,7 +157,10 @@ def average_log_likelihood(prior: nn.Module, x: Tensor, batch_size: int = 4096) 
     prior.eval()
     device = _device_of(prior)
     total = math.fsum(
-        prior.log_prob(chunk.to(device=device, dtype=torch.get_default_dtype())).double().sum().item()
+        prior.log_prob(chunk.to(device=device, dtype=torch.get_default_dtype()))
+        .double()
+        .sum()
+        .item()
         for chunk in x.split(batch_size)
     )
     prior.train(was_training)

@@ -6,7 +6,7 @@ acceptance a(z) turns a simple proposal (N(0, I) or a RealNVP) into a multi-moda
 
 * ``ring``: equal mixture of ``num_modes`` isotropic Gaussians on a circle (closed-form density);
 * ``two_moons``: two interleaving noisy half circles; density by quadrature along the arcs
-  (the convolution of the uniform arc measure with the Gaussian noise, error far below 1e-6);
+  (the convolution of the uniform arc measure with the Gaussian noise; no closed form);
 * ``checkerboard``: uniform on the 8 dark squares of a 4x4 board on [-2, 2]^2 (closed form).
 
 Every target is a :class:`Target2D` with ``sample(n, generator=None) -> (n, 2)`` and
@@ -80,21 +80,27 @@ def two_moons_sample(
     return _moons_curve(t, moon) + _MOONS_SCALE * noise * eps
 
 
-def two_moons_log_prob(x: Tensor, *, noise: float = 0.1, num_nodes: int = 2000) -> Tensor:
+def two_moons_log_prob(
+    x: Tensor, *, noise: float = 0.1, num_nodes: int = 1000, chunk: int = 2048
+) -> Tensor:
     """log p(x) = log (1/2) sum_m (1/pi) int_0^pi N(x; c_m(t), s^2 I) dt, midpoint rule.
 
-    The arcs are sampled every ~pi*1.5/num_nodes ~ 0.002 in space, against a noise scale
-    s = 0.15, so the quadrature error is negligible. x: (n, 2) -> (n,)
+    The nodes are ~pi*1.5/num_nodes ~ 0.005 apart along the arcs, against a noise scale
+    s = 0.15; compared with 20000 nodes the error in log p is < 2e-4 where log p > -5 and
+    < 1e-3 where log p > -12 (far in the tails the integrand gets narrower than the node
+    spacing). Evaluated in chunks of ``chunk`` points. x: (n, 2) -> (n,)
     """
     s = _MOONS_SCALE * noise
     t = (torch.arange(num_nodes, device=x.device, dtype=x.dtype) + 0.5) * (math.pi / num_nodes)
     curves = torch.cat(
         [_moons_curve(t, torch.zeros_like(t)), _moons_curve(t, torch.ones_like(t))]
     )  # (2 * num_nodes, 2)
-    sq = (x[:, None, :] - curves[None]).pow(2).sum(-1)
-    log_comp = -0.5 * sq / s**2 - math.log(2 * math.pi * s**2)
+    out = []
+    for xc in x.split(chunk):
+        sq = (xc[:, None, :] - curves[None]).pow(2).sum(-1)  # (chunk, 2 * num_nodes)
+        out.append(torch.logsumexp(-0.5 * sq / s**2, dim=-1))
     # each node carries weight (1/2) * (1/num_nodes)
-    return torch.logsumexp(log_comp, dim=-1) - math.log(2 * num_nodes)
+    return torch.cat(out) - math.log(2 * math.pi * s**2) - math.log(2 * num_nodes)
 
 
 # --------------------------------------------------------------------------- checkerboard
