@@ -168,3 +168,22 @@ def test_realnvp_fit_improves_likelihood():
     hist = fit_density(flow, sampler, steps=150, batch_size=128, lr=3e-3, seed=0)
     assert hist.final_log_z is None and hist.log_z == []
     assert average_log_likelihood(flow, test_x) > before + 0.2
+
+
+def test_fig_2d_main_writes_png_with_normalised_lars_panel(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from larsvae.reports.fig_2d import build_lars_2d, grid_panels, main
+
+    out = tmp_path / "fig" / "fig2d.png"
+    assert main(["--out", str(out), "--steps", "30", "--targets", "ring", "--z-samples", "64"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ring: test log-lik" in capsys.readouterr().out
+
+    torch.manual_seed(0)
+    prior = build_lars_2d("gaussian", truncation=100, num_z_samples=64)
+    prior.set_log_z(prior.monte_carlo_log_z(1 << 16, generator=torch.Generator().manual_seed(0)))
+    panels = grid_panels(prior, extent=6.0, n=241)
+    h = 12.0 / 240
+    assert panels["proposal"].sum().item() * h * h == pytest.approx(1.0, abs=1e-3)
+    assert panels["lars"].sum().item() * h * h == pytest.approx(1.0, abs=1e-2)
+    assert 0 < panels["acceptance"].min() and panels["acceptance"].max() < 1
