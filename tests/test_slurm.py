@@ -5,7 +5,10 @@ systemd), runs ``snakemake --profile workflow/profiles/slurm --configfile params
 reports/table1.md`` in a temporary copy of the repository, and checks against the
 scheduler's own records (``scontrol show job``) that every non-local job of the DAG ran as
 a SLURM job that completed, with exactly the CPUs, memory, wall time and GPUs its rule
-asked for. The daemons are stopped by PID and /etc/slurm restored in a ``finally``.
+asked for; and that two concurrent ``gpu=1`` jobs get distinct scheduler-assigned GPUs
+(fake gres devices) that workflow/scripts/gpu_slot.py passes through. One cluster serves
+the module; its daemons are stopped by PID and /etc/slurm restored in a ``finally``.
+The smoke data come from the mirror in LARSVAE_DATA_MIRRORS when set (CI sets it).
 
 Skipped when the SLURM/munge binaries or root are missing, unless LARSVAE_REQUIRE_SLURM=1
 (CI), where that is a failure. Install the packages with ``.ci/install_slurm.sh``.
