@@ -374,6 +374,17 @@ def test_dvc_repro_smoke(clone):
     assert str(round(nll, 4)) in shown
     r = _run(dvc + ["params", "diff", "--all"], clone)
     assert r.returncode == 0 and "params/smoke.yaml" in r.stdout, r.stdout + r.stderr
+    # the default remote (../larsvae-dvc-remote, beside the clone) works offline
+    r = _run(dvc + ["push", "smoke"], clone)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert any(p.is_file() for p in (clone.parent / "larsvae-dvc-remote").rglob("*"))
+    ckpt = root / "models/dynamic_mnist/vae/lars/standard/seed1/model.pt"
+    blob = ckpt.read_bytes()
+    shutil.rmtree(clone / ".dvc" / "cache")
+    ckpt.unlink()
+    r = _run(dvc + ["pull", "smoke"], clone)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ckpt.read_bytes() == blob
 
 
 # ---------------------------------------------------------------------------------------------
