@@ -178,6 +178,7 @@ def test_posthoc_trains_only_the_acceptance(tmp_path, tiny_dataset_npz, capsys):
     assert moved  # the acceptance network did learn
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_loading_is_safe_and_names_the_file(tmp_path):
     good = tmp_path / "good.pt"
     save_checkpoint({"kind": "final", "meta": META, "model": {}, "step": 0}, good)
@@ -229,3 +230,17 @@ def test_tiny_dataset_fixture_roundtrips(tmp_path):
     d = load(p)
     assert d["train"].shape == (256, 784) and int(d["train"].max()) > 1
     assert int(d["test"].max()) == 1
+
+
+def test_resume_file_of_other_settings_is_not_used(tmp_path, stream):
+    """Changed parameters (here lr) must not continue a run made with the old ones."""
+    out = tmp_path / "m" / "model.pt"
+    cfg = TrainConfig(iterations=8, batch_size=32, checkpoint_every=2, warmup_steps=4)
+    _fit(_model(), stream, out, cfg=cfg, stop_after=4)
+    other = TrainConfig(iterations=8, batch_size=32, checkpoint_every=2, warmup_steps=4,
+                        lr=1e-3)
+    s = _fit(_model(), stream, out, cfg=other)
+    assert s["resumed_from"] == 0 and s["finished"]
+    ref = tmp_path / "ref" / "model.pt"
+    _fit(_model(), stream, ref, cfg=other)
+    _assert_bitwise_equal(_state(ref), _state(out))

@@ -204,6 +204,7 @@ def fit(
                 f"{resume_path} was written with other settings "
                 f"({_first_difference(ckpt['meta'], meta)}); starting afresh"
             )
+            resume_path.unlink()
         else:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -215,7 +216,7 @@ def fit(
             evals = ckpt["evals"].tolist()
             last_valid = evals[-1][1] if evals else math.nan
             log(f"resuming from {resume_path} at step {step}")
-    last_ckpt_step = step if resume_path.exists() else None
+    last_ckpt_step = step if step > 0 else None  # the resume file on disk, if ours
 
     def save_resume() -> None:
         save_checkpoint(
