@@ -19,7 +19,7 @@ rule estimate_z:
         mem_mb=8000,
         runtime=720,
     shell:
-        "OMP_NUM_THREADS={threads} gpu_slot larsvae estimate-z --checkpoint {input.model:q}"
+        "OMP_NUM_THREADS={threads} gpu_slot larsvae estimate-z --threads {threads} --checkpoint {input.model:q}"
         " --shard {wildcards.shard} --num-shards {wildcards.nshards}"
         " --eval-params {params.evaluate:q} --out {output:q} > {log:q} 2>&1"
 
@@ -61,6 +61,6 @@ rule evaluate:
         mem_mb=8000,
         runtime=720,
     shell:
-        "OMP_NUM_THREADS={threads} gpu_slot larsvae evaluate --checkpoint {input.model:q}"
+        "OMP_NUM_THREADS={threads} gpu_slot larsvae evaluate --threads {threads} --checkpoint {input.model:q}"
         " {params.z} --dataset-file {input.data:q} --eval-params {params.evaluate:q}"
         " --out {output:q} > {log:q} 2>&1"

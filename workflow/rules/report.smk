@@ -38,5 +38,5 @@ rule sample_grid:
         mem_mb=2000,
         runtime=10,
     shell:
-        "OMP_NUM_THREADS={threads} larsvae sample --checkpoint {input:q} --n 64"
+        "OMP_NUM_THREADS={threads} larsvae sample --threads {threads} --checkpoint {input:q} --n 64"
         " --seed {wildcards.seed} --device cpu --out {output:q} > {log:q} 2>&1"

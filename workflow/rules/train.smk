@@ -24,7 +24,7 @@ rule train_standard:
         mem_mb=8000,
         runtime=1440,
     shell:
-        "OMP_NUM_THREADS={threads} gpu_slot larsvae train --dataset-file {input.data:q}"
+        "OMP_NUM_THREADS={threads} gpu_slot larsvae train --threads {threads} --dataset-file {input.data:q}"
         " --arch {wildcards.arch} --prior {wildcards.prior} --seed {wildcards.seed}"
         " --model-params {params.model:q} --train-params {params.train:q}"
         " --out {output.model:q} > {log:q} 2>&1"
@@ -52,7 +52,7 @@ rule train_joint:
         mem_mb=8000,
         runtime=1440,
     shell:
-        "OMP_NUM_THREADS={threads} gpu_slot larsvae train --dataset-file {input.data:q}"
+        "OMP_NUM_THREADS={threads} gpu_slot larsvae train --threads {threads} --dataset-file {input.data:q}"
         " --arch {wildcards.arch} --prior {wildcards.prior} --seed {wildcards.seed}"
         " --model-params {params.model:q} --train-params {params.train:q}"
         " --out {output.model:q} > {log:q} 2>&1"
@@ -81,7 +81,7 @@ rule train_posthoc:
         mem_mb=8000,
         runtime=1440,
     shell:
-        "OMP_NUM_THREADS={threads} gpu_slot larsvae train --dataset-file {input.data:q}"
+        "OMP_NUM_THREADS={threads} gpu_slot larsvae train --threads {threads} --dataset-file {input.data:q}"
         " --arch {wildcards.arch} --prior {wildcards.prior} --seed {wildcards.seed}"
         " --model-params {params.model:q} --train-params {params.train:q}"
         " --init {input.init:q} --posthoc --out {output.model:q} > {log:q} 2>&1"
