@@ -267,7 +267,7 @@ def cmd_estimate_z(args: argparse.Namespace) -> int:
         "num_shards": args.num_shards,
         "seed": seed,
         "z_samples": ecfg.z_samples,
-        "antithetic": ecfg.z_antithetic,
+        "antithetic": est.antithetic,  # plain MC when the proposal is not symmetric
         "estimate": est.to_dict(),
         "wall_time_s": time.perf_counter() - t0,
         "device": str(device),
@@ -415,6 +415,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from torchvision.utils import save_image
 
     from .checkpoint import load_model
+    from .distributions import ResampledPrior
 
     if args.n < 1:
         raise UserError(f"--n: expected an integer >= 1, got {args.n}")
@@ -422,7 +423,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model, ckpt = load_model(_existing_file(args.checkpoint, "--checkpoint"), device)
     torch.manual_seed(derive_seed(args.seed, _SAMPLE_TAG))
     with torch.no_grad():
-        x = model.sample(args.n).float().cpu().view(-1, 1, 28, 28)
+        prior = model.top_prior
+        z_top = prior.sample(args.n)
+        if isinstance(prior, ResampledPrior):
+            # The acceptance a(z) scores sample quality (paper Sec. 5): best first, row-major.
+            z_top = z_top[torch.argsort(prior.acceptance(z_top), descending=True)]
+        x = model.decode(z_top).float().cpu().view(-1, 1, 28, 28)
     nrow = max(1, int(math.ceil(math.sqrt(args.n))))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -496,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True)
     common(v)
 
-    s = sub.add_parser("sample", help="a PNG grid of model samples")
+    s = sub.add_parser("sample", help="a PNG grid of model samples (LARS priors: sorted by a(z), best first)")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 DATASETS = ("static_mnist", "dynamic_mnist", "omniglot", "fashion_mnist")
 ARCHS = ("vae", "hvae", "convhvae")

@@ -214,7 +214,10 @@ class LatentVariableModel(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Ancestral samples' Bernoulli means (n, 784); the top latent comes from the prior's
         own (for LARS: exact, truncated rejection) sampler."""
-        z_top = self.top_prior.sample(n, generator=generator)
+        return self.decode(self.top_prior.sample(n, generator=generator), generator)
+
+    def decode(self, z_top: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Bernoulli means (n, 784) of p(x | z_top) (lower latents drawn ancestrally)."""
         ref = next(self.parameters())
         logits = self._decode_from_top(z_top.to(device=ref.device, dtype=ref.dtype), generator)
         return torch.sigmoid(logits)
