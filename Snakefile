@@ -1,5 +1,6 @@
 # larsvae workflow: Bauer & Mnih (2019) Table 1 as a cached DAG.
-#   snakemake --cores all --resources gpu=4 reports/table1.md        (paper budget)
+#   snakemake reports/table1.md --cores all --resources gpu=4        (paper budget; target first:
+#   --resources/--configfile take several values and would swallow a target after them)
 #   snakemake --cores 2 reports/table1.md --configfile params/quick.yaml
 # Parameters live in params/*.yaml (the paper's budget unless --configfile names another;
 # a named file replaces it rather than being merged into it); runtime choices live in
