@@ -36,8 +36,8 @@ STAGES = {
     ),
     "paper": (
         "params/paper.yaml", "runs/paper", "gpu", True,
-        "Paper budget (Appendix C.3), all of Table 1 on GPUs; frozen: `dvc repro --force paper` "
-        "or unfreeze to run",
+        "Paper budget (Appendix C.3), all of Table 1 on GPUs; frozen (DVC never runs a frozen "
+        "stage's cmd, not even with --force): `dvc unfreeze paper && dvc repro paper`",
     ),
 }
 HEADER = (
