@@ -93,3 +93,83 @@ def test_estimate_reduce_evaluate_sample(tmp_path, tiny_dataset_npz):
     png = tmp_path / "s.png"
     assert cli.main(["sample", "--checkpoint", str(ckpt), "--n", "16", "--out", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _shard_file(path, est, shard, num_shards):
+    path.write_text(json.dumps({
+        "checkpoint": "m.pt", "checkpoint_sha256": "0" * 64, "shard": shard,
+        "num_shards": num_shards, "seed": est.seed, "z_samples": est.num_samples,
+        "antithetic": est.antithetic, "estimate": est.to_dict(),
+    }))
+    return str(path)
+
+
+def test_reduce_z_rejects_mismatched_or_incomplete_shards(tmp_path, capsys):
+    """reduce-z only merges a complete, consistent set of batches; otherwise one line, exit 2,
+    no z.json (a shard of another z_batch used to escape as a ValueError traceback)."""
+    from larsvae.distributions import AcceptanceMLP, StandardNormal
+    from larsvae.zestimate import estimate_z
+
+    torch.manual_seed(0)
+    acc, prop = AcceptanceMLP(2, (8,)), StandardNormal(2)
+    out = tmp_path / "z.json"
+    # shards 0 and 1 of 2, but written with different batch sizes
+    a = estimate_z(acc, prop, 4000, 500, seed=1, shard=0, num_shards=2)
+    b = estimate_z(acc, prop, 4000, 1000, seed=1, shard=1, num_shards=2)
+    files = [_shard_file(tmp_path / "a.json", a, 0, 2), _shard_file(tmp_path / "b.json", b, 1, 2)]
+    assert cli.main(["reduce-z", "--out", str(out), *files]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("larsvae: error: reduce-z:"), err
+    assert "batch_size" in err[0] and not out.exists()
+    # a shard that lost a batch (truncated by hand or by a bug) is not silently merged
+    b = estimate_z(acc, prop, 4000, 500, seed=1, shard=1, num_shards=2)
+    lossy = type(b)(b.partials[:-1], b.seed, b.batch_size, b.num_samples, b.antithetic)
+    files[1] = _shard_file(tmp_path / "b.json", lossy, 1, 2)
+    assert cli.main(["reduce-z", "--out", str(out), *files]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "7 of 8 batches" in err[0] and "[7]" in err[0], err
+    assert not out.exists()
+    # the complete set merges into the unsharded estimate
+    files[1] = _shard_file(tmp_path / "b.json", b, 1, 2)
+    assert cli.main(["reduce-z", "--out", str(out), *files]) == 0
+    whole = estimate_z(acc, prop, 4000, 500, seed=1)
+    assert json.loads(out.read_text())["z"] == whole.mean
+
+
+def test_estimate_z_odd_sizes_with_antithetic_pairs_is_a_user_error(tmp_path, tiny_dataset_npz,
+                                                                      capsys):
+    """Antithetic pairs need even z_batch and z_samples: one line naming the keys, exit 2,
+    no shard file (this used to be a ValueError traceback from estimate_z)."""
+    ckpt = tmp_path / "m" / "model.pt"
+    assert cli.main(["train", "--dataset-file", str(tiny_dataset_npz), "--arch", "vae",
+                     "--prior", "lars", "--seed", "0", "--model-params", json.dumps(SMALL_MODEL),
+                     "--train-params", '{"iterations": 2, "batch_size": 16}',
+                     "--out", str(ckpt), "--no-progress"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "shard0of1.json"
+    for ep in ({"z_samples": 4000, "z_batch": 501}, {"z_samples": 4001, "z_batch": 500}):
+        rc = cli.main(["estimate-z", "--checkpoint", str(ckpt), "--shard", "0",
+                       "--num-shards", "1", "--eval-params", json.dumps(ep), "--out", str(out),
+                       "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1, err
+        assert err[0].startswith("larsvae: error: evaluate.z_batch, evaluate.z_samples"), err
+        assert not out.exists()
+    # plain Monte Carlo accepts odd sizes
+    ep = {"z_samples": 4001, "z_batch": 501, "z_antithetic": False}
+    assert cli.main(["estimate-z", "--checkpoint", str(ckpt), "--shard", "0", "--num-shards",
+                     "1", "--eval-params", json.dumps(ep), "--out", str(out),
+                     "--no-progress"]) == 0
+    assert json.loads(out.read_text())["estimate"]["n"] == 4001
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--dataset-file", "x.npz", "--arch", "vae", "--prior", "lars", "--out", "m.pt"],
+    ["estimate-z", "--checkpoint", "m.pt", "--shard", "0", "--num-shards", "1", "--out", "z.json"],
+    ["sample", "--checkpoint", "m.pt", "--out", "s.png"],
+])
+def test_negative_seed_is_a_user_error(command, capsys):
+    """A negative --seed used to reach numpy's SeedSequence / estimate_z as a traceback."""
+    assert cli.main([*command, "--seed", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["larsvae: error: --seed: expected an integer >= 0, got -1"], err

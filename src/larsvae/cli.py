@@ -252,6 +252,12 @@ def cmd_estimate_z(args: argparse.Namespace) -> int:
     ckpt_path = _existing_file(args.checkpoint, "--checkpoint")
     model, ckpt = load_model(ckpt_path, device)
     prior = _lars_prior(model, args.checkpoint, ckpt["meta"])
+    if (ecfg.z_antithetic and getattr(prior.proposal, "symmetric", False)
+            and (ecfg.z_batch % 2 or ecfg.z_samples % 2)):
+        raise UserError(
+            f"evaluate.z_batch, evaluate.z_samples: must be even with evaluate.z_antithetic "
+            f"(pairs z, -z), got {ecfg.z_batch} and {ecfg.z_samples}"
+        )
     seed = int(ckpt["meta"].get("seed", 0)) if args.seed is None else args.seed
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -312,7 +318,19 @@ def cmd_reduce_z(args: argparse.Namespace) -> int:
         raise UserError(
             f"reduce-z: incomplete set of shards: got {len(seen)} of {n}, missing {missing}"
         )
-    merged = ZEstimate.merge([obj["_est"] for _, obj in sorted(shards, key=lambda s: s[1]["shard"])])
+    try:
+        merged = ZEstimate.merge(
+            [obj["_est"] for _, obj in sorted(shards, key=lambda s: s[1]["shard"])]
+        )
+    except ValueError as exc:  # e.g. shards written with different z_batch
+        raise UserError(f"reduce-z: shards of different runs cannot be merged: {exc}") from None
+    if not merged.complete:
+        have = {p.index for p in merged.partials}
+        missing_batches = sorted(set(range(merged.num_batches)) - have)
+        raise UserError(
+            f"reduce-z: the shards hold {len(have)} of {merged.num_batches} batches "
+            f"(missing e.g. {missing_batches[:5]}); rerun the incomplete shard(s)"
+        )
     _write_json(args.out, {
         "checkpoint": first.get("checkpoint"),
         "checkpoint_sha256": first["checkpoint_sha256"],
@@ -528,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
             rc = cmd_prepare_data(argv[1:])
         else:
             args = build_parser().parse_args(argv)
+            if getattr(args, "seed", None) is not None and args.seed < 0:
+                # (numpy's SeedSequence and estimate_z reject negative seeds with a traceback)
+                raise UserError(f"--seed: expected an integer >= 0, got {args.seed}")
             if getattr(args, "threads", None) is not None:
                 if args.threads < 1:
                     raise UserError(f"--threads: expected an integer >= 1, got {args.threads}")
