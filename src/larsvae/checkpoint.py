@@ -141,11 +141,12 @@ def build_from_meta(meta: dict[str, Any]) -> torch.nn.Module:
 
 
 def make_posthoc(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
-    """Call ``model.make_posthoc`` with or without the config (both spellings exist)."""
-    try:
-        return model.make_posthoc(cfg)
-    except TypeError:
-        return model.make_posthoc()
+    """``model.make_posthoc(cfg)`` (in place); returns the model.
+
+    (No retry without ``cfg`` on TypeError: that would hide a genuine error raised inside
+    ``make_posthoc`` behind a second call on a half-converted model.)"""
+    model.make_posthoc(cfg)
+    return model
 
 
 def load_model(
