@@ -426,3 +426,20 @@ def test_report_tables_from_known_results(tmp_path):
     assert m["gain"]["dynamic_mnist"]["vae"]["standard"] == 2.5
     main = render_main(spec, res, tmp_path, now)
     assert "| LARS, post-hoc | — |" in main and "0.25 ± 1.00e-04" in main
+    # no Z, so no "SE(NLL) from Z" for the standard prior (it was printed as 0.00e+00)
+    assert "| standard prior (N(0, I)) | **91.00 ± 1.41** | 0.500 | — | — | — | — | 84.97 |" in main
+
+
+def test_report_header_names_the_omniglot_version(tmp_path):
+    """Issue 3: every report using Omniglot says which version (derived or chardata.mat)."""
+    from larsvae.data.prepare import OMNIGLOT_VERSION
+    from larsvae.reports.table1 import _data_versions
+
+    manifest = {"dataset": "omniglot", "format_version": 1, "variant": "omniglot-105",
+                "omniglot_version": OMNIGLOT_VERSION, "files": [{"source": "mirror"}],
+                "splits": {"train": {"n": 23000}, "valid": {"n": 1345}, "test": {"n": 8115}},
+                "array_sha256": {"test": "ab" * 32}}
+    (tmp_path / "omniglot.json").write_text(json.dumps(manifest))
+    (line,) = _data_versions({"cells": [{"manifest": "omniglot.json"}]}, tmp_path)
+    assert f"Omniglot version {OMNIGLOT_VERSION.split(':')[0]}" in line
+    assert "23000/1345/8115" in line

@@ -142,6 +142,8 @@ def _data_versions(spec: dict[str, Any], root: Path) -> list[str]:
         test_sha = m.get("array_sha256", {}).get("test", "")[:12]
         splits = "/".join(str(m.get("splits", {}).get(s, {}).get("n", "?")) for s in ("train", "valid", "test"))
         variant = f", variant {m['variant']}" if m.get("variant") else ""
+        if m.get("omniglot_version"):  # issue 3: reports say which Omniglot was used
+            variant += f", Omniglot version {m['omniglot_version'].split(':')[0]}"
         lines.append(
             f"`{m.get('dataset')}`: format v{m.get('format_version')}{variant}, splits {splits}, "
             f"test-array sha256 `{test_sha}…`, from {', '.join(srcs)}"
@@ -288,7 +290,8 @@ def render_main(spec: dict[str, Any], cells: dict[tuple, CellResult], root: Path
         zs = f"{fmt_sci(z, 5)} ± {fmt_sci(c.mean_of('z_se'), 2)}" if z is not None else DASH
         out.append(
             f"| {label} | **{fmt_nll(c)}** | {fmt(c.mean_of('nll_se'), 3)} | {fmt(g, signed=True)} | {zs} | "
-            f"{fmt_sci(c.mean_of('nll_se_from_z'), 2)} | {fmt(c.mean_of('acceptance_rate'), 3)} | {fmt(p)} |"
+            f"{fmt_sci(c.mean_of('nll_se_from_z') if z is not None else None, 2)} | "
+            f"{fmt(c.mean_of('acceptance_rate'), 3)} | {fmt(p)} |"
         )
     out += ["", "Gain = NLL(standard) − NLL(model); positive = better than the standard prior.", ""]
     return "\n".join(out)
