@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from . import objectives as _objectives
 from .checkpoint import (
     CheckpointError,
     get_rng_state,
@@ -65,18 +66,10 @@ def curve_path_for(out_path: str | os.PathLike) -> Path:
     return Path(out_path).with_name("curve.tsv")
 
 
-def kl_beta(step: int, warmup_steps: int) -> float:
-    """KL weight at 0-based step ``step``: linear 0 -> 1 over ``warmup_steps`` (App. C.3)."""
-    try:
-        from .objectives import kl_beta as _kl_beta
-    except ImportError:
-        return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
-    return float(_kl_beta(step, warmup_steps))
-
-
-def learning_rate(step: int, cfg: TrainConfig) -> float:
-    """Step schedule of App. C.3: ``lr`` for steps < ``lr_decay_step``, then ``lr_final``."""
-    return cfg.lr if step < cfg.lr_decay_step else cfg.lr_final
+# The KL warm-up and the learning-rate schedule (App. C.3) live in larsvae.objectives; these
+# names are kept for callers of larsvae.train.
+kl_beta = _objectives.kl_beta
+learning_rate = _objectives.lr_at
 
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
