@@ -156,7 +156,7 @@ def test_dvc_yaml_matches_the_snakemake_dag():
     rendered = _load_dvc_stages_module().render()
     expected = yaml.safe_load(rendered)["stages"]
     actual = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert set(actual) == set(expected) == {"main", "smoke", "paper"}
+    assert set(actual) == set(expected) == {"main", "smoke"}
     for name in expected:
         exp, act = _stage_paths(expected[name]), _stage_paths(actual[name])
         for kind in exp:
@@ -170,7 +170,6 @@ def test_dvc_yaml_matches_the_snakemake_dag():
     # wraps, never re-lists: one snakemake call per stage, every LARS cell's Z and the metrics
     assert all(s["cmd"].startswith("snakemake ") for s in actual.values())
     assert {next(iter(m)) for m in actual["main"]["metrics"]} == {"reports/metrics.json"}
-    assert actual["paper"].get("frozen") is True
     assert (REPO / "dvc.yaml").read_text() == rendered, "dvc.yaml differs only in formatting"
 
 
