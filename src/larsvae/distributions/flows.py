@@ -120,14 +120,47 @@ class _AffineCoupling(nn.Module):
         return torch.cat([z_a, u_b], dim=-1), -s.sum(-1)
 
 
-class RealNVP(Prior):
+class _Flow(Prior):
+    """Shared part of the flow priors: N(0, I) base noise pushed through ``transform``.
+
+    Subclasses define ``transform(u) -> (z, log|det df/du|)`` and
+    ``inverse(z) -> (u, log|det df^{-1}/dz|)``; ``train_log_prob`` is the :class:`Prior`
+    default (= ``log_prob``: a flow has no normaliser to estimate).
+    """
+
+    symmetric = False
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        # Anchor for the module's device/dtype (a flow may be used before any parameter read).
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    def transform(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """Exact log density by change of variables. z: (B, D) -> (B,)"""
+        u, logdet = self.inverse(z)
+        return _std_normal_log_prob(u) + logdet
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z = f(u), u ~ N(0, I): (n, D). Differentiable w.r.t. the flow parameters."""
+        return self.transform(_base_noise(n, self.dim, self._anchor, generator))[0]
+
+    def rsample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Same as :meth:`sample` (flow samples are reparameterised)."""
+        return self.sample(n, generator=generator)
+
+
+class RealNVP(_Flow):
     """RealNVP prior/proposal: ``num_couplings`` affine couplings with N(0, I) base.
 
     Appendix C.2: 4 couplings, conditioners MLP[100-100]. Between consecutive couplings the
     coordinate order is reversed. Exact density by change of variables (module docstring).
     """
-
-    symmetric = False
 
     def __init__(
         self,
@@ -142,8 +175,6 @@ class RealNVP(Prior):
         self.couplings = nn.ModuleList(
             _AffineCoupling(self.dim, tuple(hidden), scale_clamp) for _ in range(num_couplings)
         )
-        # Anchor for the module's device/dtype (a flow may be used before any parameter read).
-        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
     def transform(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Generative direction z = f(u). u: (B, D) -> (z (B, D), log|det df/du| (B,))."""
@@ -166,21 +197,6 @@ class RealNVP(Prior):
             if k > 0:
                 u = u.flip(-1)
         return u, logdet
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """Exact log density by change of variables. z: (B, D) -> (B,)"""
-        u, logdet = self.inverse(z)
-        return _std_normal_log_prob(u) + logdet
-
-    def train_log_prob(self, z: torch.Tensor, log_q: torch.Tensor | None = None) -> torch.Tensor:
-        """Training density: a flow has no normaliser to estimate, so this is ``log_prob``."""
-        return self.log_prob(z)
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """z = f(u), u ~ N(0, I): (n, D). Differentiable w.r.t. the flow parameters."""
-        return self.transform(_base_noise(n, self.dim, self._anchor, generator))[0]
-
-    rsample = sample
 
     def sample_with_log_prob(
         self, n: int, generator: torch.Generator | None = None
@@ -232,7 +248,7 @@ class MADE(nn.Module):
         return shift, raw_log_scale
 
 
-class MAF(Prior):
+class MAF(_Flow):
     """Masked autoregressive flow prior: ``num_blocks`` MADE blocks with N(0, I) base.
 
     Appendix C.2: 5 blocks, MADE MLP[100-100]. Block k in the density direction
@@ -240,8 +256,6 @@ class MAF(Prior):
     ``u_i = (y_i - m_i(y_<i)) * exp(-alpha_i(y_<i))``, ``log|det| = -sum_i alpha_i``; one
     MADE pass per block. Sampling inverts each block sequentially over the D coordinates.
     """
-
-    symmetric = False
 
     def __init__(
         self,
@@ -261,7 +275,6 @@ class MAF(Prior):
             perm = torch.randperm(self.dim, generator=gen)
             self.register_buffer(f"perm{k}", perm)
             self.register_buffer(f"inv_perm{k}", torch.argsort(perm))
-        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
     def _perm(self, k: int) -> torch.Tensor:
         return getattr(self, f"perm{k}")
@@ -300,21 +313,6 @@ class MAF(Prior):
             logdet = logdet + alpha.sum(-1)
             x = y[:, self._inv_perm(k)]
         return x, logdet
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """Exact log density by change of variables. z: (B, D) -> (B,)"""
-        u, logdet = self.inverse(z)
-        return _std_normal_log_prob(u) + logdet
-
-    def train_log_prob(self, z: torch.Tensor, log_q: torch.Tensor | None = None) -> torch.Tensor:
-        """Training density: a flow has no normaliser to estimate, so this is ``log_prob``."""
-        return self.log_prob(z)
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """z = f(u), u ~ N(0, I): (n, D); sequential over coordinates, differentiable."""
-        return self.transform(_base_noise(n, self.dim, self._anchor, generator))[0]
-
-    rsample = sample
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_blocks={len(self.blocks)}"
