@@ -26,15 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from larsvae.utils import module_tensor
+
 _LOG_Z_MAX = -1e-12  # Z is capped just below 1, as in larsvae.distributions.lars
-
-
-def _reference_tensor(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    for t in model.parameters():
-        return t
-    for t in model.buffers():
-        return t
-    return x
 
 
 def _lars_prior(model: nn.Module):
@@ -120,7 +114,7 @@ def _iwae(
             raise ValueError(f"{name}: expected a positive integer, got {v!r}")
     if generator is not None and seed is not None:
         raise ValueError("pass either generator or seed, not both")
-    ref = _reference_tensor(model, x)
+    ref = module_tensor(model, default=x)  # device and dtype of the model's tensors
     if seed is not None:
         generator = torch.Generator(device=ref.device).manual_seed(seed)
     prior = _lars_prior(model)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from larsvae.distributions.lars import ResampledPrior
+from larsvae.utils import module_device
 
 Sampler = Callable[[int, torch.Generator], Tensor]
 
@@ -39,14 +40,6 @@ class FitHistory:
     log_z: list[float] = field(default_factory=list)  # LARS only: running <Z> after each step
     final_log_z: float | None = None  # LARS only: installed high-precision log Z
     final_z_stderr: float | None = None  # its Monte Carlo standard error (on Z, not log Z)
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def _minibatch(
@@ -118,7 +111,7 @@ def fit_density(
         params = [p for p in prior.acceptance.parameters() if p.requires_grad]
     else:
         params = [p for p in prior.parameters() if p.requires_grad]
-    device = _device_of(prior)
+    device = module_device(prior)
     history = FitHistory()
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
@@ -155,7 +148,7 @@ def average_log_likelihood(prior: nn.Module, x: Tensor, batch_size: int = 4096) 
     """Mean of ``prior.log_prob`` over the rows of x (stored Z for LARS), as a float."""
     was_training = prior.training
     prior.eval()
-    device = _device_of(prior)
+    device = module_device(prior)
     total = math.fsum(
         prior.log_prob(chunk.to(device=device, dtype=torch.get_default_dtype()))
         .double()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -119,6 +120,24 @@ def choose_device(name: str = "auto") -> Any:
             raise UserError(f"--device {name}: CUDA is not available on this machine")
         return torch.device(name)
     raise UserError(f"--device {name!r}: expected auto, cpu or cuda")
+
+
+def module_tensor(module: Any, default: Any = None) -> Any:
+    """The first parameter of ``module``, else its first buffer, else ``default``.
+
+    Its ``device``/``dtype`` are the module's (all tensors of a module share them here).
+    """
+    return next(itertools.chain(module.parameters(), module.buffers()), default)
+
+
+def module_device(module: Any) -> Any:
+    """The ``torch.device`` of ``module``'s first parameter/buffer; CPU if it has none."""
+    t = module_tensor(module)
+    if t is not None:
+        return t.device
+    import torch  # imported late: the CLI reports argument errors without loading torch
+
+    return torch.device("cpu")
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

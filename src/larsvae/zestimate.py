@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from larsvae.utils import module_device
+
 FORMAT = "larsvae.zestimate/1"
 
 
@@ -193,14 +195,6 @@ def _batch_seed(seed: int, batch: int) -> int:
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
-def _module_device(m: nn.Module) -> torch.device:
-    for t in m.parameters():
-        return t.device
-    for t in m.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 def _check_int(name: str, v: Any, minimum: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {v!r}")
@@ -272,7 +266,7 @@ def estimate_z(
     if device is not None:
         acceptance.to(device)
         proposal.to(device)
-    dev = _module_device(proposal)
+    dev = module_device(proposal)
 
     num_batches = -(-num_samples // batch_size)
     start = shard * num_batches // num_shards
