@@ -26,9 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from larsvae.distributions.lars import _LOG_Z_MAX  # Z is capped just below 1 (Eq. A.14)
 from larsvae.utils import module_tensor
-
-_LOG_Z_MAX = -1e-12  # Z is capped just below 1, as in larsvae.distributions.lars
 
 
 def _lars_prior(model: nn.Module):
