@@ -10,6 +10,7 @@ the NLL for LARS priors is checked against finite differences.
 from __future__ import annotations
 
 import math
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -285,3 +286,14 @@ def test_lars_model_without_z_estimate_is_rejected():
     model.top_prior.set_log_z(-0.7)
     ll = iwae_log_likelihood(model, _x().float(), k=4, seed=0, progress=True)
     assert torch.isfinite(ll).all()
+
+
+def test_progress_bar_without_tqdm(monkeypatch):
+    """tqdm is optional (CLI extra): progress=True then runs without a bar, same numbers."""
+    model = LinearGaussian()
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = iwae_log_likelihood(model, x, k=8, k_chunk=3, seed=0)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    ll = iwae_log_likelihood(model, x, k=8, k_chunk=3, seed=0, progress=True)
+    assert torch.equal(ll, ref)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from larsvae.distributions.lars import _LOG_Z_MAX  # Z is capped just below 1 (Eq. A.14)
-from larsvae.utils import module_tensor
+from larsvae.utils import module_tensor, progress_bar
 
 
 def _lars_prior(model: nn.Module):
@@ -128,11 +128,9 @@ def _iwae(
     log_px = torch.empty(n, dtype=torch.float64)
     sens = torch.zeros(n, dtype=torch.float64) if sensitivity else None
     starts = range(0, n, batch_size)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(starts) * math.ceil(k / k_chunk), desc="IWAE", unit="chunk")
+    bar = progress_bar(
+        len(starts) * math.ceil(k / k_chunk), desc="IWAE", enabled=progress, unit="chunk"
+    )
     was_training = model.training
     model.eval()
     try:
@@ -150,15 +148,13 @@ def _iwae(
                         )
                         g = dlogp_dlogz(prior, z_top.reshape(-1, z_top.shape[-1]))
                         acc.update(log_w, g.view(log_w.shape))
-                    if bar is not None:
-                        bar.update(1)
+                    bar.update(1)
                 log_px[i : i + xb.shape[0]] = (acc.logsumexp() - math.log(k)).cpu()
                 if sens is not None and prior is not None:
                     sens[i : i + xb.shape[0]] = acc.weighted_mean().cpu()
     finally:
         model.train(was_training)
-        if bar is not None:
-            bar.close()
+        bar.close()
     return log_px, sens
 
 

@@ -172,13 +172,18 @@ def remove_stale_temporaries(*paths: str | os.PathLike) -> None:
                 remove_quietly(tmp)
 
 
-def progress_bar(total: int, initial: int = 0, desc: str = "", enabled: bool = True) -> Any:
-    """A tqdm bar on stderr (so it ends up in the per-rule log), or a no-op stand-in."""
+def progress_bar(
+    total: int, initial: int = 0, desc: str = "", enabled: bool = True, unit: str = "it"
+) -> Any:
+    """A tqdm bar on stderr (so it ends up in the per-rule log), or a no-op stand-in.
+
+    The stand-in is also used when tqdm (an optional dependency) is not installed.
+    """
     if enabled:
         try:
             from tqdm.auto import tqdm
 
-            return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
+            return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
                         mininterval=1.0, smoothing=0.05)
         except ImportError:
             pass

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from larsvae.utils import module_device
+from larsvae.utils import module_device, progress_bar
 
 FORMAT = "larsvae.zestimate/1"
 
@@ -201,17 +201,6 @@ def _check_int(name: str, v: Any, minimum: int) -> int:
     return v
 
 
-def _progress(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        warnings.warn("progress=True needs tqdm, which is not installed", stacklevel=3)
-        return None
-    return tqdm(total=total, desc=desc, unit="batch")
-
-
 @torch.no_grad()
 def estimate_z(
     acceptance: nn.Module,
@@ -243,7 +232,7 @@ def estimate_z(
             ``num_shards``; merge the shards with :meth:`ZEstimate.merge`.
         device: if given, both modules are moved there (in place); samples and generators
             live on the modules' device.
-        progress: show a tqdm progress bar (if tqdm is installed).
+        progress: show a tqdm progress bar (if tqdm is installed; else no bar).
     """
     _check_int("num_samples", num_samples, 1)
     _check_int("batch_size", batch_size, 1)
@@ -271,7 +260,9 @@ def estimate_z(
     num_batches = -(-num_samples // batch_size)
     start = shard * num_batches // num_shards
     stop = (shard + 1) * num_batches // num_shards
-    bar = _progress(stop - start, progress, f"Z shard {shard}/{num_shards}")
+    bar = progress_bar(
+        stop - start, desc=f"Z shard {shard}/{num_shards}", enabled=progress, unit="batch"
+    )
     partials = []
     try:
         for b in range(start, stop):
@@ -288,11 +279,9 @@ def estimate_z(
             s = x.sum()
             stats = torch.stack([s, (x * x).sum(), (x - s / x.numel()).pow(2).sum()]).tolist()
             partials.append(BatchPartial(b, x.numel(), size, *stats))
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return ZEstimate(tuple(partials), seed, batch_size, num_samples, antithetic)
 
 
