@@ -62,6 +62,18 @@ def make_tiny_dataset(
     return out_dir / f"{name}.npz"
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Small models: intra-op threads only add contention on a busy CI machine.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("single_thread")``.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_dataset_npz(tmp_path: Path) -> Path:
     return make_tiny_dataset(tmp_path / "data")

@@ -31,13 +31,7 @@ from larsvae.models import VAE, build_model
 LOG_2PI = math.log(2 * math.pi)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small models: intra-op threads only add contention on a busy CI machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class LinearGaussian(nn.Module):

@@ -7,22 +7,11 @@ import math
 
 import pytest
 import torch
+from _helpers import strong_acceptance
 
 from larsvae.distributions import AcceptanceMLP, ResampledPrior, StandardNormal, lars_log_density
 
 TRUNCATIONS = [1, 2, 10, 100, None]
-
-
-def strong_acceptance(dim: int, seed: int = 0) -> AcceptanceMLP:
-    """A fixed, float64 acceptance whose a(z) ranges over several orders of magnitude."""
-    g = torch.Generator().manual_seed(seed)
-    acc = AcceptanceMLP(dim, hidden=(16,)).double()
-    with torch.no_grad():
-        acc.net[0].weight.copy_(2.0 * torch.randn(16, dim, generator=g, dtype=torch.float64))
-        acc.net[0].bias.copy_(torch.randn(16, generator=g, dtype=torch.float64))
-        acc.net[2].weight.copy_(1.5 * torch.randn(1, 16, generator=g, dtype=torch.float64))
-        acc.net[2].bias.fill_(-2.0)
-    return acc
 
 
 def grid_1d(lim: float = 12.0, h: float = 1e-3):

@@ -8,22 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from _helpers import strong_acceptance
 from scipy import stats
 
 from larsvae.distributions import AcceptanceMLP, ResampledPrior, StandardNormal
 
 N = 100_000
-
-
-def strong_acceptance(dim: int, seed: int = 0) -> AcceptanceMLP:
-    g = torch.Generator().manual_seed(seed)
-    acc = AcceptanceMLP(dim, hidden=(16,)).double()
-    with torch.no_grad():
-        acc.net[0].weight.copy_(2.0 * torch.randn(16, dim, generator=g, dtype=torch.float64))
-        acc.net[0].bias.copy_(torch.randn(16, generator=g, dtype=torch.float64))
-        acc.net[2].weight.copy_(1.5 * torch.randn(1, 16, generator=g, dtype=torch.float64))
-        acc.net[2].bias.fill_(-2.0)
-    return acc
 
 
 def make_prior(dim: int, truncation, seed: int = 0) -> ResampledPrior:

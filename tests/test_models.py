@@ -26,13 +26,7 @@ ARCHS = ("vae", "hvae", "convhvae")
 PRIORS = ("gaussian", "lars", "realnvp", "maf", "lars_realnvp")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small models: intra-op threads only add contention on a busy CI machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _batch(n=16, seed=0):
