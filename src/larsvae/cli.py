@@ -41,6 +41,7 @@ from .config import (
 from .utils import (
     TrainingDiverged,
     UserError,
+    atomic_write,
     atomic_write_text,
     choose_device,
     derive_seed,
@@ -448,14 +449,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             z_top = z_top[torch.argsort(prior.acceptance(z_top), descending=True)]
         x = model.decode(z_top).float().cpu().view(-1, 1, 28, 28)
     nrow = max(1, int(math.ceil(math.sqrt(args.n))))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".larsvae-tmp-{out.name}")
-    try:
-        save_image(x, tmp, nrow=nrow, format="png")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(args.out, "wb") as fh:
+        save_image(x, fh, nrow=nrow, format="png")
     return 0
 
 

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from ..utils import atomic_write_text
 from .figures import plot_training_curves
 from .table1 import load_results, metrics, now_utc, render_main, render_table1
-
-
-def _write(path: str, text: str) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".tmp-{p.name}")
-    tmp.write_text(text)
-    os.replace(tmp, p)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root)
     cells = load_results(spec, root)
     now = now_utc()
-    _write(args.table, render_table1(spec, cells, root, now))
-    _write(args.main, render_main(spec, cells, root, now))
-    _write(args.metrics, json.dumps(metrics(spec, cells), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(args.table, render_table1(spec, cells, root, now))
+    atomic_write_text(args.main, render_main(spec, cells, root, now))
+    atomic_write_text(args.metrics, json.dumps(metrics(spec, cells), indent=2, sort_keys=True) + "\n")
     plot_training_curves(spec, args.curves, root)
     print(f"reports: wrote {args.table}, {args.main}, {args.metrics}, {args.curves}", file=sys.stderr)
     return 0

@@ -22,6 +22,7 @@ import torch
 from larsvae.distributions import AcceptanceMLP, RealNVP, ResampledPrior, StandardNormal
 from larsvae.fit2d import average_log_likelihood, fit_density
 from larsvae.targets2d import TARGETS, get_target
+from larsvae.utils import atomic_write
 
 
 def build_lars_2d(proposal: str, truncation: int | None, num_z_samples: int) -> ResampledPrior:
@@ -102,11 +103,11 @@ def make_figure(
             a.set_xticks([])
             a.set_yticks([])
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)  # atomic: a half-written figure never appears under the final name
+    try:  # atomic: a half-written figure never appears under the final name
+        with atomic_write(out, "wb") as fh:
+            fig.savefig(fh, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return summary
 
 

@@ -6,6 +6,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from ..utils import atomic_write
+
 
 def read_curve(path: str | Path) -> dict[str, list[float]]:
     """TSV with a header row -> {column: values} (floats; 'nan' allowed)."""
@@ -45,9 +47,8 @@ def plot_training_curves(spec: dict[str, Any], out: str | Path, root: str | Path
     axes[0].legend(fontsize=7)
     fig.suptitle(f"Training curves, budget '{spec['name']}'")
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(out)
+    try:  # atomic: a half-written figure never appears under the final name
+        with atomic_write(out, "wb") as fh:
+            fig.savefig(fh, dpi=110, format="png")
+    finally:
+        plt.close(fig)
