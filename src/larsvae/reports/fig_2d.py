@@ -21,8 +21,8 @@ import torch
 
 from larsvae.distributions import AcceptanceMLP, RealNVP, ResampledPrior, StandardNormal
 from larsvae.fit2d import average_log_likelihood, fit_density
+from larsvae.reports.figures import save_png
 from larsvae.targets2d import TARGETS, get_target
-from larsvae.utils import atomic_write
 
 
 def build_lars_2d(proposal: str, truncation: int | None, num_z_samples: int) -> ResampledPrior:
@@ -103,11 +103,7 @@ def make_figure(
             a.set_xticks([])
             a.set_yticks([])
     fig.tight_layout()
-    try:  # atomic: a half-written figure never appears under the final name
-        with atomic_write(out, "wb") as fh:
-            fig.savefig(fh, dpi=100, format="png")
-    finally:
-        plt.close(fig)
+    save_png(fig, out, dpi=100)
     return summary
 
 

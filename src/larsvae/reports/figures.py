@@ -47,8 +47,16 @@ def plot_training_curves(spec: dict[str, Any], out: str | Path, root: str | Path
     axes[0].legend(fontsize=7)
     fig.suptitle(f"Training curves, budget '{spec['name']}'")
     fig.tight_layout()
-    try:  # atomic: a half-written figure never appears under the final name
+    save_png(fig, out, dpi=110)
+
+
+def save_png(fig: Any, out: str | Path, dpi: int) -> None:
+    """Write a matplotlib figure as PNG to ``out`` atomically (a half-written figure never
+    appears under the final name) and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
         with atomic_write(out, "wb") as fh:
-            fig.savefig(fh, dpi=110, format="png")
+            fig.savefig(fh, dpi=dpi, format="png")
     finally:
         plt.close(fig)
