@@ -218,8 +218,10 @@ def estimate_z(
     """Estimate Z = E_pi[a(z)] (Eq. 2) from ``num_samples`` proposal evaluations.
 
     Args:
-        acceptance: z (B, D) -> logit (B,); a(z) = sigmoid(logit), evaluated in the module's
-            dtype (float32 normally); every per-batch sum is accumulated in float64.
+        acceptance: z (B, D) -> logit (B,), evaluated in the module's dtype (float32
+            normally); a(z) = sigmoid(logit) is computed in float64 (a float32 sigmoid
+            underflows to 0 below ~1e-45, i.e. logits below ~-103, and Z with it), and every
+            per-batch sum is accumulated in float64.
         proposal: has ``sample(n, generator=...)``; ``symmetric = True`` allows antithetic pairs.
         num_samples: proposal evaluations in the whole (unsharded) run.
         batch_size: proposal evaluations per batch (the last batch may be smaller).
@@ -271,11 +273,11 @@ def estimate_z(
             gen.manual_seed(_batch_seed(seed, b))
             if antithetic:
                 z = proposal.sample(size // 2, generator=gen)
-                a = torch.sigmoid(acceptance(torch.cat([z, -z]))).double()
+                a = torch.sigmoid(acceptance(torch.cat([z, -z])).double())
                 x = 0.5 * (a[: size // 2] + a[size // 2 :])
             else:
                 z = proposal.sample(size, generator=gen)
-                x = torch.sigmoid(acceptance(z)).double()
+                x = torch.sigmoid(acceptance(z).double())
             s = x.sum()
             stats = torch.stack([s, (x * x).sum(), (x - s / x.numel()).pow(2).sum()]).tolist()
             partials.append(BatchPartial(b, x.numel(), size, *stats))
