@@ -92,16 +92,11 @@ def current_log_z(model: torch.nn.Module) -> float:
 
 
 def default_validation_metric(model: torch.nn.Module, x: torch.Tensor, k: int) -> float:
-    """Validation NLL in nats: IWAE bound with ``k`` samples (Burda et al.), or -ELBO if the
-    evaluation module is not available."""
-    try:
-        from .evaluation import iwae_log_likelihood
-    except ImportError:
-        iwae_log_likelihood = None
+    """Validation NLL in nats: IWAE bound with ``k`` samples (Burda et al.)."""
+    from .evaluation import iwae_log_likelihood
+
     with torch.no_grad():
-        if iwae_log_likelihood is not None:
-            return float(-iwae_log_likelihood(model, x, k=k).mean())
-        return float(-model.loss(x, beta=1.0)["elbo"].double().mean())
+        return float(-iwae_log_likelihood(model, x, k=k).mean())
 
 
 def _curve_tensor(rows: list[list[float]], ncols: int) -> torch.Tensor:

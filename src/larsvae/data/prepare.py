@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DATASETS
+from ..utils import _FILE_MODE, _fsync_dir
 from .checksums import SHA256, DataError, sha256_hex
 from .sources import Resolved, Resolver, mirror_dirs
 
@@ -292,12 +293,6 @@ def _version() -> str:
         return "unknown"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _write_atomic(out_dir: Path, files: dict[str, bytes]) -> None:
     """Write every ``name -> bytes`` to a temp file in ``out_dir``, fsync, then rename all."""
     temps: list[tuple[str, str]] = []
@@ -305,7 +300,7 @@ def _write_atomic(out_dir: Path, files: dict[str, bytes]) -> None:
         for name, data in files.items():
             fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
             temps.append((tmp, name))
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
+            os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; use the usual mode
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -317,14 +312,7 @@ def _write_atomic(out_dir: Path, files: dict[str, bytes]) -> None:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         raise
-    try:  # make the renames durable
-        dfd = os.open(out_dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    _fsync_dir(out_dir)  # make the renames durable
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:

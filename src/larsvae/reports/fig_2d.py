@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.steps < 0 or args.batch_size < 1 or args.lr <= 0 or args.truncation < 0:
         p.error("--steps >= 0, --batch-size >= 1, --lr > 0 and --truncation >= 0 required")
+    if args.out.suffix.lower() != ".png":
+        p.error(f"--out {args.out}: the figure is written as PNG; name it *.png")
     summary = make_figure(
         args.out,
         args.targets,

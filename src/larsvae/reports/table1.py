@@ -99,7 +99,6 @@ def load_results(spec: dict[str, Any], root: str | Path = ".") -> dict[tuple, Ce
             z = json.loads((root / c["z"]).read_text())
             run.setdefault("z", z.get("z"))
             run.setdefault("z_se", z.get("z_stderr"))
-            run["z_samples_used"] = z.get("estimate", {}).get("n")
         cell.runs.append(run)
     return cells
 
