@@ -1,4 +1,4 @@
-"""2-D toy target densities for the paper's illustrative example (Fig. 2-style).
+"""2-D target densities for the paper's illustrative example (Fig. 2-style).
 
 Bauer & Mnih (2019) illustrate LARS on 2-D densities: a rejection sampler with a learned
 acceptance a(z) turns a simple proposal (N(0, I) or a RealNVP) into a multi-modal density
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from larsvae.config import check_choice
 
 
 def _device(generator: torch.Generator | None) -> torch.device:
@@ -142,13 +144,9 @@ TARGETS: dict[str, Target2D] = {
 
 
 def get_target(name: str) -> Target2D:
-    """The target called ``name``; ``ValueError`` naming the choices otherwise."""
-    try:
-        return TARGETS[name]
-    except KeyError:
-        raise ValueError(
-            f"target: unknown value {name!r} (expected one of: {', '.join(TARGETS)})"
-        ) from None
+    """The target called ``name``; :class:`~larsvae.config.ConfigError` naming the choices
+    otherwise."""
+    return TARGETS[check_choice("target", name, tuple(TARGETS))]
 
 
 __all__ = [

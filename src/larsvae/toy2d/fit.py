@@ -14,6 +14,9 @@ and proposal samples for Z_S are reparameterised).
 
 After training, a LARS prior gets a high-precision Z (:func:`larsvae.zestimate.estimate_prior_z`)
 so that :func:`average_log_likelihood` evaluates the normalised density.
+
+Random streams (minibatches, proposal samples for Z_S, the final Z) are separate seeds
+``derive_seed(seed, stream)`` of the run's one ``seed``.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ import torch
 from torch import Tensor, nn
 
 from larsvae.distributions.lars import ResampledPrior
-from larsvae.utils import module_device
+from larsvae.utils import derive_seed, module_device
 
 Sampler = Callable[[int, torch.Generator], Tensor]
+
+# Streams of one fit_density run: derive_seed(seed, stream)
+_PROPOSAL_STREAM, _DATA_STREAM, _Z_STREAM = 0, 1, 2
 
 
 @dataclass
@@ -115,8 +121,8 @@ def fit_density(
     history = FitHistory()
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(seed)
-        data_gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(derive_seed(seed, _PROPOSAL_STREAM))  # Z_S proposals in train_log_prob
+        data_gen = torch.Generator().manual_seed(derive_seed(seed, _DATA_STREAM))
         opt = torch.optim.Adam(params, lr=lr) if params else None
         prior.train()
         report_every = max(1, steps // 10)
@@ -138,7 +144,9 @@ def fit_density(
                 print(f"step {step + 1}/{steps}  loss {loss.item():.4f}", flush=True)
         prior.eval()
         if is_lars:
-            log_z, se = install_high_precision_z(prior, z_samples, z_batch, seed=seed)
+            log_z, se = install_high_precision_z(
+                prior, z_samples, z_batch, seed=derive_seed(seed, _Z_STREAM)
+            )
             history.final_log_z, history.final_z_stderr = log_z, se
     return history
 
