@@ -18,8 +18,10 @@ import torch
 
 import larsvae.data.prepare as prep
 import larsvae.data.sources as src
+from larsvae.config import DATASETS
 from larsvae.data import BatchStream, DataError, eval_tensor, load
 from larsvae.data.checksums import SHA256, ChecksumMismatch, omniglot_zip_to_array, verify
+from larsvae.utils import derive_seed
 
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 needs_mirror = pytest.mark.skipif(not MIRROR.is_dir(), reason=f"no dataset mirror at {MIRROR}")
@@ -124,6 +126,10 @@ def test_binarize_once_is_bernoulli_v_over_255_and_seeded():
     np.testing.assert_array_equal(b, prep.binarize_once(x, 0, "dynamic_mnist", "test"))
     assert not np.array_equal(b, prep.binarize_once(x, 1, "dynamic_mnist", "test"))
     assert not np.array_equal(b, prep.binarize_once(x, 0, "dynamic_mnist", "valid"))
+    # the documented derivation, so the fixed splits can be rebuilt outside larsvae
+    seed = derive_seed(0, DATASETS.index("dynamic_mnist"), prep.SPLITS.index("test"))
+    u = np.random.default_rng(seed).integers(0, 255, size=x.shape, dtype=np.uint8)
+    np.testing.assert_array_equal(b, u < x)
 
 
 # ---------------------------------------------------------------------------- BatchStream
@@ -237,6 +243,18 @@ def test_unwritable_out_dir_is_a_data_error(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(DataError, match="cannot write"):
         prep.prepare("static_mnist", blocker / "out", [MIRROR], download=False, registry=False)
+
+
+@needs_mirror
+def test_failed_write_leaves_neither_file_nor_temporaries(tmp_path):
+    """The npz cannot be renamed into place (a folder has its name): no manifest appears,
+    as a manifest must imply a complete npz, and no temporary is left behind."""
+    out = tmp_path / "out"
+    (out / "static_mnist.npz").mkdir(parents=True)
+    with pytest.raises(DataError, match="cannot write static_mnist"):
+        prep.prepare("static_mnist", out, [MIRROR], download=False, registry=False)
+    assert [p.name for p in out.iterdir()] == ["static_mnist.npz"]
+    assert (out / "static_mnist.npz").is_dir()
 
 
 def test_env_mirror_that_does_not_exist_is_skipped_with_a_warning(monkeypatch, tmp_path, caplog):

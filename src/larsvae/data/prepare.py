@@ -22,13 +22,17 @@ Splits and preprocessing:
   10,000 test, valid and test binarized once.
 
 Fixed binarization: pixel v becomes 1 iff u < v with u uniform on {0, ..., 254}, i.e. with
-probability exactly v/255, u drawn by ``numpy.random.default_rng([seed, dataset id, split
-id])``; ``seed`` defaults to :data:`DEFAULT_SEED` and is recorded in the manifest.
+probability exactly v/255, u drawn by ``numpy.random.default_rng(derive_seed(seed, dataset
+index, split index))`` (:func:`larsvae.utils.derive_seed`, indices into ``DATASETS`` and
+``SPLITS``); Omniglot's held-out validation images are chosen by
+``default_rng(derive_seed(seed, dataset index, 99))``. ``seed`` defaults to
+:data:`DEFAULT_SEED` and is recorded in the manifest.
 
-Writing is atomic and deterministic: the npz and json are written to temporary names in
-``out_dir``, fsync'ed and renamed (npz first, json last, so a manifest implies a complete npz);
-on any error nothing is left in ``out_dir``. ``np.savez_compressed`` stamps every zip entry
-with the fixed date 1980-01-01, so two runs produce byte-identical files.
+Writing is atomic and deterministic: the npz and json are both written in full to temporary
+files in ``out_dir`` (:func:`larsvae.utils.atomic_write`) and fsync'ed before either is renamed
+(npz first, json last, so a manifest implies a complete npz); on any error while writing
+nothing is left in ``out_dir``. ``np.savez_compressed`` stamps every zip entry with the fixed
+date 1980-01-01, so two runs produce byte-identical files.
 """
 
 from __future__ import annotations
@@ -40,14 +44,13 @@ import logging
 import os
 import pickle
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..config import DATASETS
-from ..utils import _FILE_MODE, _fsync_dir
+from ..utils import atomic_write, derive_seed, library_version
 from .checksums import SHA256, DataError, sha256_hex
 from .sources import Resolved, Resolver, mirror_dirs
 
@@ -142,7 +145,7 @@ def parse_amat(data: bytes) -> np.ndarray:
 
 def binarize_once(x: np.ndarray, seed: int, dataset: str, split: str) -> np.ndarray:
     """Fixed binarization: 1 iff u < v, u ~ U{0..254}, so P(1) = v/255 exactly."""
-    rng = np.random.default_rng([seed, DATASETS.index(dataset), SPLITS.index(split)])
+    rng = np.random.default_rng(derive_seed(seed, DATASETS.index(dataset), SPLITS.index(split)))
     u = rng.integers(0, 255, size=x.shape, dtype=np.uint8)
     return (u < x).astype(np.uint8)
 
@@ -170,7 +173,8 @@ def build_dynamic_mnist(r: Resolved, seed: int):
     text = (
         "MNIST 50,000 train / 10,000 valid (last 10k of the 60k training images) / 10,000 test; "
         f"train kept as grey levels (dynamic binarization, {BINARIZATION}); valid and test "
-        f"binarized once with numpy default_rng([seed, {DATASETS.index('dynamic_mnist')}, split])"
+        "binarized once with numpy default_rng(derive_seed(seed, "
+        f"{DATASETS.index('dynamic_mnist')}, split index))"
     )
     return arrays, kinds, text, {}
 
@@ -241,14 +245,14 @@ def build_omniglot(r: Resolved, seed: int):
             test_parts.append(downsample_omniglot(chunk[:, d:].reshape(-1, 105, 105)))
     train_all = np.concatenate(train_parts)  # (24345, 784), character-major, drawers 0-14
     test = np.concatenate(test_parts)  # (8115, 784), drawers 15-19
-    rng = np.random.default_rng([seed, DATASETS.index("omniglot"), 99])
+    rng = np.random.default_rng(derive_seed(seed, DATASETS.index("omniglot"), 99))
     held = np.zeros(len(train_all), dtype=bool)
     held[rng.choice(len(train_all), size=OMNIGLOT_VALID, replace=False)] = True
     arrays, kinds = _dynamic("omniglot", train_all[~held], train_all[held], test, seed)
     text = (
         f"{OMNIGLOT_VERSION}; {OMNIGLOT_VALID} training images chosen by numpy "
-        f"default_rng([seed, {DATASETS.index('omniglot')}, 99]) held out as valid (original "
-        f"order kept); train grey ({BINARIZATION}); valid and test binarized once"
+        f"default_rng(derive_seed(seed, {DATASETS.index('omniglot')}, 99)) held out as valid "
+        f"(original order kept); train grey ({BINARIZATION}); valid and test binarized once"
     )
     return arrays, kinds, text, {"omniglot_version": OMNIGLOT_VERSION}
 
@@ -260,7 +264,7 @@ def build_fashion_mnist(r: Resolved, seed: int):
     text = (
         "Fashion-MNIST 50,000 train / 10,000 valid (last 10k of the 60k training images) / "
         f"10,000 test; train grey ({BINARIZATION}); valid and test binarized once with numpy "
-        f"default_rng([seed, {DATASETS.index('fashion_mnist')}, split])"
+        f"default_rng(derive_seed(seed, {DATASETS.index('fashion_mnist')}, split index))"
     )
     return arrays, kinds, text, {}
 
@@ -284,35 +288,18 @@ EXPECTED_SIZES = {
 # output
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version  # noqa: PLC0415
+def _write_pair(npz: Path, npz_data: bytes, manifest: Path, manifest_data: bytes) -> None:
+    """Both files written and fsync'ed under temporary names, then npz renamed, then json.
 
-        return version("larsvae")
-    except Exception:  # not installed (running from a source tree)
-        return "unknown"
-
-
-def _write_atomic(out_dir: Path, files: dict[str, bytes]) -> None:
-    """Write every ``name -> bytes`` to a temp file in ``out_dir``, fsync, then rename all."""
-    temps: list[tuple[str, str]] = []
-    try:
-        for name, data in files.items():
-            fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
-            temps.append((tmp, name))
-            os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; use the usual mode
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        for tmp, name in temps:
-            os.replace(tmp, out_dir / name)
-    except BaseException:
-        for tmp, _ in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        raise
-    _fsync_dir(out_dir)  # make the renames durable
+    Nested :func:`~larsvae.utils.atomic_write`: the inner (npz) renames first on the way out;
+    the json is flushed and fsync'ed inside, so a failure while writing either file leaves
+    neither (nor any temporary) behind.
+    """
+    with atomic_write(manifest, "wb") as fm, atomic_write(npz, "wb") as fn:
+        fm.write(manifest_data)
+        fm.flush()
+        os.fsync(fm.fileno())
+        fn.write(npz_data)
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -358,7 +345,7 @@ def prepare(
     manifest = {
         "dataset": dataset,
         "format_version": FORMAT_VERSION,
-        "larsvae_version": _version(),
+        "larsvae_version": library_version(),
         "seed": seed,
         "variant": resolved.variant,
         "files": [
@@ -381,13 +368,11 @@ def prepare(
         **extra,
     }
     out = Path(out_dir)
-    files = {
-        f"{dataset}.npz": npz_bytes(arrays),
-        f"{dataset}.json": (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
-    }
+    npz_data = npz_bytes(arrays)
+    manifest_data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out, files)
+        _write_pair(out / f"{dataset}.npz", npz_data, out / f"{dataset}.json", manifest_data)
     except OSError as e:
         raise DataError(f"cannot write {dataset} to {str(out)!r}: {e.strerror or e}") from e
     log.info(
