@@ -11,7 +11,7 @@ from torch import nn
 from larsvae.config import ConfigError, ModelConfig
 from larsvae.distributions import AcceptanceMLP, ResampledPrior, StandardNormal
 from larsvae.models import HVAE, VAE, ConvHVAE, build_model
-from larsvae.models.vae import conv_decoder, conv_encoder
+from larsvae.models.convhvae import conv_decoder, conv_encoder
 
 SMALL = ModelConfig(
     latent_dim=6,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from larsvae.config import ARCHS, PRIORS, ConfigError, ModelConfig, check_choice
-from larsvae.models.vae import (
-    ARCHITECTURES,
-    HVAE,
-    VAE,
-    ConvHVAE,
-    LatentVariableModel,
-)
+from larsvae.models.convhvae import ConvHVAE
+from larsvae.models.vae import HVAE, VAE, LatentVariableModel
+
+#: ``arch`` name -> model class; must agree with ``larsvae.config.ARCHS``.
+ARCHITECTURES: dict[str, type[LatentVariableModel]] = {
+    "vae": VAE,
+    "hvae": HVAE,
+    "convhvae": ConvHVAE,
+}
 
 
 def build_model(arch: str, prior: str, cfg: ModelConfig) -> LatentVariableModel:

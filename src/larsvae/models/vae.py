@@ -1,4 +1,6 @@
-"""VAE family of Bauer & Mnih (AISTATS 2019), Appendix C.2: VAE (L=1), HVAE and ConvHVAE (L=2).
+"""VAE family of Bauer & Mnih (AISTATS 2019), Appendix C.2: VAE (L=1) and HVAE (L=2).
+
+The ConvHVAE (L=2) lives in :mod:`larsvae.models.convhvae` and builds on the base class here.
 
 All models have a Bernoulli likelihood on 28x28 binary images given as (B, 784) floats,
 diagonal-Gaussian encoders whose mean and log-std heads share one trunk, tanh
@@ -28,8 +30,6 @@ from larsvae.objectives import bernoulli_log_prob, gaussian_log_prob
 
 IMAGE_SIDE = 28
 DATA_DIM = IMAGE_SIDE * IMAGE_SIDE
-CONV_CHANNELS = 32
-_CONV_FLAT = CONV_CHANNELS * 4 * 4  # 4x4x32 feature map at the bottom of the CNN
 
 
 def mlp(sizes: list[int] | tuple[int, ...], final_activation: bool = True) -> nn.Sequential:
@@ -61,42 +61,6 @@ class GaussianHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.mean(h), self.log_std(h)
-
-
-def conv_encoder() -> nn.Sequential:
-    """CNN 28x28x1 -> 14x14x32 -> 7x7x32 -> 4x4x32 (kernel 4, stride 2, ReLU), flattened to 512.
-
-    Paddings 1, 1, 2: out = floor((in + 2p - 4) / 2) + 1 gives 28->14 (p=1), 14->7 (p=1),
-    7->4 (p=2).
-    """
-    return nn.Sequential(
-        nn.Conv2d(1, CONV_CHANNELS, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(CONV_CHANNELS, CONV_CHANNELS, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(CONV_CHANNELS, CONV_CHANNELS, 4, stride=2, padding=2),
-        nn.ReLU(),
-        nn.Flatten(),
-    )
-
-
-def conv_decoder() -> nn.Sequential:
-    """Transposed CNN 4x4x32 -> 7x7x32 -> 14x14x32 -> 28x28x1 (kernel 4, stride 2): logits.
-
-    The exact mirror of :func:`conv_encoder`, with out = (in - 1)*2 - 2p + 4 + output_padding:
-    4->7 uses p=2, output_padding=1 (6 + 1; the encoder's 7->4 step would also map 8->4,
-    so the output size must be pinned), 7->14 and 14->28 use p=1, output_padding=0.
-    ReLU after every transposed convolution except the last, which outputs logits.
-    """
-    return nn.Sequential(
-        nn.Unflatten(-1, (CONV_CHANNELS, 4, 4)),
-        nn.ConvTranspose2d(CONV_CHANNELS, CONV_CHANNELS, 4, stride=2, padding=2, output_padding=1),
-        nn.ReLU(),
-        nn.ConvTranspose2d(CONV_CHANNELS, CONV_CHANNELS, 4, stride=2, padding=1),
-        nn.ReLU(),
-        nn.ConvTranspose2d(CONV_CHANNELS, 1, 4, stride=2, padding=1),
-        nn.Flatten(),
-    )
 
 
 class _Terms(NamedTuple):
@@ -313,9 +277,10 @@ class _TwoLayerVAE(LatentVariableModel):
     p(x|z1, z2)   = [[MLP[d-H](z1), MLP[d-H](z2)]-H-out(.)   (Bernoulli logits)
     p(z2)         = the pluggable prior.
 
-    feat1, feat2 (x features) and out(.) are MLP layers for the HVAE and (transposed)
-    CNNs for the ConvHVAE. Both layers have d = cfg.latent_dim units: the paper gives 50
-    for the VAE and does not restate the size for the L=2 models, so we use the same.
+    feat1, feat2 (x features) and out(.) are MLP layers (HVAE); the ConvHVAE wires its
+    CNNs differently and has its own class (:mod:`larsvae.models.convhvae`). Both layers
+    have d = cfg.latent_dim units: the paper gives 50 for the VAE and does not restate
+    the size for the L=2 models, so we use the same.
     """
 
     num_layers = 2
@@ -395,47 +360,11 @@ class HVAE(_TwoLayerVAE):
         )
 
 
-class ConvHVAE(_TwoLayerVAE):
-    """L=2 hierarchical VAE with convolutional encoders and decoder (Appendix C.2).
-
-    As :class:`HVAE`, with every MLP[784-H] on x replaced by the CNN
-    28x28x1 -> 14x14x32 -> 7x7x32 -> 4x4x32 (:func:`conv_encoder`, 512 features), and the
-    decoder's final 784-unit layer replaced by Linear(H, 512) + ReLU followed by the
-    mirrored transposed CNN 4x4x32 -> 7x7x32 -> 14x14x32 -> 28x28x1 (:func:`conv_decoder`),
-    which outputs exactly 28x28 logits. The two encoders have separate CNNs.
-    """
-
-    arch = "convhvae"
-
-    def __init__(self, prior: nn.Module, cfg: ModelConfig):
-        super().__init__(
-            prior,
-            cfg,
-            x_features_q2=conv_encoder(),
-            x_features_q1=conv_encoder(),
-            feat_dim=_CONV_FLAT,
-            decoder_out=nn.Sequential(nn.Linear(cfg.hidden, _CONV_FLAT), nn.ReLU(), conv_decoder()),
-        )
-
-    def _features(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return module(x.reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE))
-
-
-ARCHITECTURES: dict[str, type[LatentVariableModel]] = {
-    "vae": VAE,
-    "hvae": HVAE,
-    "convhvae": ConvHVAE,
-}
-
 __all__ = [
-    "ARCHITECTURES",
-    "ConvHVAE",
     "GaussianHead",
     "HVAE",
     "LatentVariableModel",
     "VAE",
-    "conv_decoder",
-    "conv_encoder",
     "glorot_init",
     "mlp",
     "DATA_DIM",
