@@ -5,6 +5,9 @@ two session-wide harnesses whose results several test files (and the generated
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import os
 import re
@@ -13,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,25 +213,47 @@ def kill_resume_result(tmp_path_factory) -> KillResult:
 # bad-input harness (tests/test_cli_errors.py, reports/reliability.md)
 
 NAN_AT_STEP = 8
-_NAN_DRIVER = f"""
-import sys
-import larsvae.models as M
-from larsvae import cli
-_build = M.build_model
-def build(*a, **k):
-    m = _build(*a, **k)
-    loss, calls = m.loss, [0]
-    def nan_loss(x, beta=1.0, **kw):
-        calls[0] += 1
-        out = loss(x, beta, **kw)
-        if calls[0] >= {NAN_AT_STEP}:
-            out["loss"] = out["loss"] * float("nan")
-        return out
-    m.loss = nan_loss
-    return m
-M.build_model = build
-sys.exit(cli.main(sys.argv[1:]))
-"""
+
+
+@contextlib.contextmanager
+def nan_loss_at_step(step: int = NAN_AT_STEP):
+    """Every model built meanwhile returns a NaN loss from its ``step``-th call on."""
+    import larsvae.models as models
+
+    build = models.build_model
+
+    def build_nan(*a, **k):
+        m = build(*a, **k)
+        loss, calls = m.loss, [0]
+
+        def nan_loss(x, beta=1.0, **kw):
+            calls[0] += 1
+            out = loss(x, beta, **kw)
+            if calls[0] >= step:
+                out["loss"] = out["loss"] * float("nan")
+            return out
+
+        m.loss = nan_loss
+        return m
+
+    models.build_model = build_nan
+    try:
+        yield
+    finally:
+        models.build_model = build
+
+
+def cli_in_process(args: list[str]) -> tuple[int, str]:
+    """``larsvae ARGS`` through :func:`larsvae.cli.main` in this process: (status, stderr)."""
+    from larsvae import cli
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = cli.main(args)
+        except SystemExit as exc:  # argparse usage errors
+            rc = exc.code
+    return rc, err.getvalue()
 
 
 @dataclass
@@ -241,7 +265,7 @@ class BadInput:
     out_dir: Path
     rc_expected: int = 2
     allowed_leftovers: tuple[str, ...] = ()
-    script: str | None = None
+    nan_at_step: int | None = None
     # filled by the run
     rc: int | None = None
     stderr: str = ""
@@ -263,16 +287,11 @@ def _setup_bad_input_files(root: Path) -> dict[str, Path]:
     tiny_train = {"iterations": 2, "batch_size": 16}
     f["hvae"] = root / "hvae_gaussian" / "model.pt"
     f["lars"] = root / "vae_lars_inf" / "model.pt"
-    with ThreadPoolExecutor(2) as ex:
-        jobs = [
-            ex.submit(run_cli, train_args(f["data"], f["hvae"], "hvae", "gaussian",
-                                          train=tiny_train)),
-            ex.submit(run_cli, train_args(f["data"], f["lars"], "vae", "lars",
-                                          model={"truncation": None}, train=tiny_train)),
-        ]
-        for j in jobs:
-            p = j.result()
-            assert p.returncode == 0, p.stderr
+    for args in (train_args(f["data"], f["hvae"], "hvae", "gaussian", train=tiny_train),
+                 train_args(f["data"], f["lars"], "vae", "lars", model={"truncation": None},
+                            train=tiny_train)):
+        rc, err = cli_in_process(args)
+        assert rc == 0, err
     f["truncated"] = root / "truncated" / "model.pt"
     f["truncated"].parent.mkdir()
     raw = f["lars"].read_bytes()
@@ -287,16 +306,15 @@ def _setup_bad_input_files(root: Path) -> dict[str, Path]:
                     f["dead"])
     ep = json.dumps({"z_samples": 2000, "z_batch": 500})
     shard = root / "dead_acceptance" / "shard0of1.json"
-    p = run_cli(["estimate-z", "--checkpoint", str(f["dead"]), "--shard", "0", "--num-shards",
-                 "1", "--eval-params", ep, "--out", str(shard), "--no-progress"])
-    assert p.returncode == 0, p.stderr
     f["dead_z"] = root / "dead_acceptance" / "z.json"
-    p = run_cli(["reduce-z", "--out", str(f["dead_z"]), str(shard)])
-    assert p.returncode == 0, p.stderr
     f["shard0of2"] = root / "shards" / "shard0of2.json"
-    p = run_cli(["estimate-z", "--checkpoint", str(f["lars"]), "--shard", "0", "--num-shards",
-                 "2", "--eval-params", ep, "--out", str(f["shard0of2"]), "--no-progress"])
-    assert p.returncode == 0, p.stderr
+    for args in (["estimate-z", "--checkpoint", str(f["dead"]), "--shard", "0", "--num-shards",
+                  "1", "--eval-params", ep, "--out", str(shard), "--no-progress"],
+                 ["reduce-z", "--out", str(f["dead_z"]), str(shard)],
+                 ["estimate-z", "--checkpoint", str(f["lars"]), "--shard", "0", "--num-shards",
+                  "2", "--eval-params", ep, "--out", str(f["shard0of2"]), "--no-progress"]):
+        rc, err = cli_in_process(args)
+        assert rc == 0, err
     return f
 
 
@@ -320,7 +338,7 @@ def bad_input_cases(root: Path, f: dict[str, Path]) -> list[BadInput]:
         return fn
 
     def posthoc(init):
-        return lambda o: train(o, arch="vae", prior="lars") + ["--posthoc", "--init", str(init)]
+        return lambda o: train(o, arch="vae", prior="lars") + ["--init", str(init)]
 
     return [
         case("unknown_dataset", "unknown dataset name",
@@ -379,7 +397,7 @@ def bad_input_cases(root: Path, f: dict[str, Path]) -> list[BadInput]:
              lambda o: train(o, train_p={"iterations": 20, "checkpoint_every": 5,
                                           "batch_size": 16}),
              [f"step {NAN_AT_STEP}", "(step 5) is kept", "model.pt.resume.pt"],
-             rc_expected=1, allowed_leftovers=("model.pt.resume.pt",), script=_NAN_DRIVER),
+             rc_expected=1, allowed_leftovers=("model.pt.resume.pt",), nan_at_step=NAN_AT_STEP),
     ]
 
 
@@ -390,8 +408,11 @@ def _replace_value(args: list[str], flag: str, value: str) -> list[str]:
 
 
 def run_bad_input(c: BadInput) -> BadInput:
-    p = run_cli(c.args, script=c.script)
-    c.rc, c.stderr = p.returncode, p.stderr
+    if c.nan_at_step is None:
+        c.rc, c.stderr = cli_in_process(c.args)
+    else:
+        with nan_loss_at_step(c.nan_at_step):
+            c.rc, c.stderr = cli_in_process(c.args)
     c.leftovers = [x for x in files_under(c.out_dir) if x not in c.allowed_leftovers]
     return c
 
@@ -400,7 +421,30 @@ def run_bad_input(c: BadInput) -> BadInput:
 def bad_input_results(tmp_path_factory) -> dict[str, BadInput]:
     root = tmp_path_factory.mktemp("bad_inputs")
     files = _setup_bad_input_files(root)
-    cases = bad_input_cases(root, files)
-    with ThreadPoolExecutor(2) as ex:
-        done = list(ex.map(run_bad_input, cases))
-    return {c.name: c for c in done}
+    torch.set_num_threads(1)
+    return {c.name: run_bad_input(c) for c in bad_input_cases(root, files)}
+
+
+# ---------------------------------------------------------------------------------------
+# The suite leaves the working tree as it found it (tracked files only; outputs go to tmp)
+
+
+def _tracked_digest() -> str:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split("\0")
+    h = hashlib.sha256()
+    for f in sorted(filter(None, files)):
+        p = REPO / f
+        h.update(f.encode() + b"\0" + (p.read_bytes() if p.is_file() else b"<missing>"))
+    return h.hexdigest()
+
+
+def pytest_sessionstart(session):
+    session.config._larsvae_tree = _tracked_digest()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _tracked_digest() != session.config._larsvae_tree:
+        print("\nERROR: the test suite modified tracked files of the working tree "
+              "(`git status` shows which); tests must write only under tmp dirs", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

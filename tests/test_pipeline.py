@@ -20,6 +20,8 @@ import pytest
 import yaml
 
 from larsvae import config as lconfig
+from larsvae import paths as lconfig_paths
+from larsvae.paths import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -63,28 +65,33 @@ def test_snakemake_lint_is_clean():
 @pytest.mark.parametrize("budget", ["paper", "quick", "smoke"])
 def test_params_files_validate_and_build_every_cell(budget, tmp_path):
     """Each params file passes the schema and the library checks, and its DAG has one
-    evaluation per configured cell (Z only for LARS cells, the right number of shards)."""
+    evaluation per configured cell (Z only for LARS cells, the right number of shards), all
+    under the budget's own paths."""
     r = _run(SNAKEMAKE + ["--summary", "--configfile", str(REPO / f"params/{budget}.yaml"),
                           "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path)],
              REPO, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     outs = {line.split("\t")[0] for line in r.stdout.splitlines()[1:] if line.strip()}
     cfg = yaml.safe_load((REPO / f"params/{budget}.yaml").read_text())
+    lay = Layout(cfg["paths"]["runs"], cfg["paths"]["reports"])
     cells = {
         (d, a, run["prior"], run["mode"], s)
         for e in cfg["experiments"] for d in e["datasets"] for a in e["archs"]
         for run in e["runs"] for s in cfg["seeds"]
     }
-    nlls = {o for o in outs if o.endswith("/nll.json")}
-    assert nlls == {f"results/{d}/{a}/{p}/{m}/seed{s}/nll.json" for d, a, p, m, s in cells}
-    for d, a, p, m, s in cells:
-        shards = {o for o in outs if o.startswith(f"results/{d}/{a}/{p}/{m}/seed{s}/z/")}
-        n = cfg["overrides"].get(d, {}).get("evaluate", {}).get("z_shards", cfg["evaluate"]["z_shards"])
-        expect = {f"results/{d}/{a}/{p}/{m}/seed{s}/z/shard{i}of{n}.json" for i in range(n)}
-        assert shards == (expect if p in lconfig.LARS_PRIORS else set())
-        if m == "posthoc":  # post-hoc LARS needs the standard-prior checkpoint of its cell
-            assert f"models/{d}/{a}/gaussian/standard/seed{s}/model.pt" in outs
-    assert {"reports/table1.md", "reports/metrics.json", "reports/main.md"} <= outs
+    cell = [dict(dataset=d, arch=a, prior=p, mode=m, seed=s) for d, a, p, m, s in sorted(cells)]
+    assert {o for o in outs if o.endswith("/nll.json")} == {lay.nll(**c) for c in cell}
+    for c in cell:
+        shards = {o for o in outs if o.startswith(lay.z(**c)[: -len(".json")] + "/")}
+        n = cfg["overrides"].get(c["dataset"], {}).get("evaluate", {}).get(
+            "z_shards", cfg["evaluate"]["z_shards"])
+        expect = {lay.z_shard(**c, shard=i, nshards=n) for i in range(n)}
+        assert shards == (expect if c["prior"] in lconfig.LARS_PRIORS else set())
+        if c["mode"] == "posthoc":  # post-hoc LARS needs the standard-prior checkpoint of its cell
+            assert lay.model(**{**c, "prior": "gaussian", "mode": "standard"}) in outs
+    assert {lay.report(f) for f in ("table1.md", "metrics.json", "main.md")} <= outs
+    runs_or_data = (lay.runs + "/", lconfig_paths.DATA + "/", lay.reports + "/")
+    assert all(o.startswith(runs_or_data) for o in outs), sorted(outs)[:5]
 
 
 def test_paper_params_are_appendix_c3():
@@ -104,12 +111,12 @@ def test_paper_params_are_appendix_c3():
             assert {(d, a, "gaussian", "standard"), (d, a, "lars", "standard")} <= grid
 
 
-def test_schema_mirrors_the_config_dataclasses():
-    """The schema lists exactly the dataclass fields (a new config key must reach both)."""
-    schema = yaml.safe_load((REPO / "workflow/schemas/params.schema.yaml").read_text())
-    for name, cls in (("model", lconfig.ModelConfig), ("train", lconfig.TrainConfig),
-                      ("evaluate", lconfig.EvalConfig)):
-        assert set(schema["$defs"][name]["properties"]) == {f.name for f in dataclasses.fields(cls)}
+def test_committed_schema_is_generated_from_the_config_dataclasses():
+    """workflow/schemas/params.schema.yaml is `python -m larsvae.config`'s output, verbatim."""
+    r = subprocess.run([sys.executable, "-m", "larsvae.config"], capture_output=True, text=True,
+                       check=True)
+    assert (REPO / "workflow/schemas/params.schema.yaml").read_text() == r.stdout, (
+        "schema out of date: python -m larsvae.config > workflow/schemas/params.schema.yaml")
 
 
 @pytest.mark.parametrize(
@@ -169,7 +176,7 @@ def test_dvc_yaml_matches_the_snakemake_dag():
         assert actual[name]["params"] == expected[name]["params"]
     # wraps, never re-lists: one snakemake call per stage, every LARS cell's Z and the metrics
     assert all(s["cmd"].startswith("snakemake ") for s in actual.values())
-    assert {next(iter(m)) for m in actual["main"]["metrics"]} == {"reports/metrics.json"}
+    assert {next(iter(m)) for m in actual["main"]["metrics"]} == {"reports/quick/metrics.json"}
     assert (REPO / "dvc.yaml").read_text() == rendered, "dvc.yaml differs only in formatting"
 
 
@@ -274,9 +281,6 @@ def clone(tmp_path_factory):
                             text=True, check=True).stdout.split("\0"):
         if f:
             (dst / f).unlink(missing_ok=True)
-    # The committed reports/ hold the quick budget's results; without this Snakemake would
-    # take them as an up-to-date reports/table1.md and the smoke DAG would run nothing.
-    shutil.rmtree(dst / "reports", ignore_errors=True)
     return dst
 
 
@@ -287,29 +291,36 @@ def _rules_run(workdir: Path) -> set[str]:
     return rules
 
 
+SMOKE = Layout("runs/smoke", "runs/smoke/reports")
+SMOKE_CELLS = {"gaussian_standard": dict(prior="gaussian", mode="standard"),
+               "lars_standard": dict(prior="lars", mode="standard"),
+               "lars_posthoc": dict(prior="lars", mode="posthoc")}
+
+
+def _smoke_cell(key: str) -> dict:
+    return dict(dataset="dynamic_mnist", arch="vae", seed=1, **SMOKE_CELLS[key])
+
+
 def _check_smoke_outputs(root: Path) -> dict:
     from larsvae.zestimate import ZEstimate
 
-    metrics = json.loads((root / "reports/metrics.json").read_text())
-    table = (root / "reports/table1.md").read_text()
-    cells = {"gaussian_standard": "dynamic_mnist/vae/gaussian/standard/seed1",
-             "lars_standard": "dynamic_mnist/vae/lars/standard/seed1",
-             "lars_posthoc": "dynamic_mnist/vae/lars/posthoc/seed1"}
+    metrics = json.loads((root / SMOKE.report("metrics.json")).read_text())
+    table = (root / SMOKE.report("table1.md")).read_text()
     nll = {}
-    for key, cell in cells.items():
-        res = json.loads((root / f"results/{cell}/nll.json").read_text())
+    for key in SMOKE_CELLS:
+        c = _smoke_cell(key)
+        res = json.loads((root / SMOKE.nll(**c)).read_text())
         nll[key] = res["nll"]
         assert math.isfinite(res["nll"]) and res["nll"] > 0
         assert metrics["nll"]["dynamic_mnist"]["vae"][key]["seed1"] == res["nll"]
         assert f"{res['nll']:.2f}" in table
-        assert (root / f"models/{cell}/curve.tsv").read_text().startswith("step\t")
-        zfile = root / f"results/{cell}/z.json"
+        assert (root / SMOKE.curve(**c)).read_text().startswith("step\t")
+        zfile = root / SMOKE.z(**c)
         if key == "gaussian_standard":  # no Z for the standard prior
             assert not zfile.exists() and "z" not in res
             continue
-        shards = [ZEstimate.from_dict(json.loads(p.read_text())["estimate"])
-                  for p in sorted((root / f"results/{cell}/z").glob("shard*of2.json"))]
-        assert len(shards) == 2
+        shards = [ZEstimate.from_dict(json.loads((root / SMOKE.z_shard(**c, shard=i, nshards=2))
+                                                 .read_text())["estimate"]) for i in range(2)]
         z = json.loads(zfile.read_text())
         # the reduce step is exact: the pooled mean of the shards' sufficient statistics
         pooled = sum(s.sum for s in shards) / sum(s.n for s in shards)
@@ -321,8 +332,9 @@ def _check_smoke_outputs(root: Path) -> dict:
     # paper values beside ours; cells not run shown as a dash; the budget is stated
     assert "84.97" in table and "83.03" in table and "228.68" in table
     assert "— / 89.11" in table and "Budget **`smoke`**" in table
-    assert "NOT the paper's budget" in (root / "reports/main.md").read_text()
-    assert (root / "reports/figures/training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "NOT the paper's budget" in (root / SMOKE.report("main.md")).read_text()
+    assert (root / SMOKE.report("figures/training_curves.png")).read_bytes()[:4] == b"\x89PNG"
+    assert "/work/" not in table and str(Path.home()) + "/" not in table  # no machine paths
     return metrics
 
 
@@ -331,48 +343,45 @@ def _check_smoke_outputs(root: Path) -> dict:
 def test_smoke_dag_end_to_end(clone):
     t0 = time.time()
     # (the target goes first: --configfile takes several values and would swallow it)
-    r = _run(SNAKEMAKE + ["--cores", "2", "-s", "Snakefile", "reports/table1.md",
+    r = _run(SNAKEMAKE + ["--cores", "2", "-s", "Snakefile", SMOKE.report("table1.md"),
                           "--configfile", "params/smoke.yaml"], clone, timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     print(f"smoke DAG: {time.time() - t0:.1f} s")
     assert RULE_TYPES <= _rules_run(clone), _rules_run(clone)
     _check_smoke_outputs(clone)
     # per-rule logs, with tqdm progress in the training log
-    log = (clone / "logs/train/dynamic_mnist/vae/lars/standard/seed1.log").read_text()
+    log = (clone / SMOKE.log("train", **_smoke_cell("lars_standard"))).read_text()
     assert "it/s" in log or "s/it" in log
-    assert len(list((clone / "logs/estimate_z").rglob("shard*of2.log"))) == 4
+    assert len(list((clone / SMOKE.runs / "logs/estimate_z").rglob("shard*of2.log"))) == 4
     # the DAG is cached: a second call has nothing to do
-    r = _run(SNAKEMAKE + ["-n", "reports/table1.md", "--configfile", "params/smoke.yaml"], clone)
+    r = _run(SNAKEMAKE + ["-n", SMOKE.report("table1.md"), "--configfile", "params/smoke.yaml"],
+             clone)
     assert "Nothing to be done" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
 
 
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_dvc_repro_smoke(clone):
-    """`dvc repro smoke` runs the smoke stage's Snakemake call (workdir runs/smoke) and records
-    it. When the end-to-end test above has already built the smoke DAG in this clone, its
-    outputs and Snakemake metadata seed runs/smoke (same DAG, same params), so Snakemake only
-    adds what `reports/table1.md` did not need (the sample grids) instead of retraining;
-    run alone, this test builds everything from scratch."""
+    """`dvc repro smoke` runs the smoke stage's Snakemake call and records it. When the
+    end-to-end test above has already built the smoke DAG in this clone, Snakemake only adds
+    what `table1.md` did not need (the sample grids) instead of retraining; run alone, this
+    test builds everything from scratch."""
     dvc = [str(BIN / "dvc")]
-    root = clone / "runs" / "smoke"
-    if (clone / "reports" / "table1.md").exists() and not root.exists():
-        for d in ("data", "models", "results", "reports", "logs", ".snakemake"):
-            shutil.copytree(clone / d, root / d, symlinks=True)
     t0 = time.time()
     r = _run(dvc + ["repro", "smoke"], clone, timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     print(f"dvc repro smoke: {time.time() - t0:.1f} s")
-    assert RULE_TYPES | {"sample_grid"} <= _rules_run(root)
-    _check_smoke_outputs(root)
+    assert RULE_TYPES | {"sample_grid"} <= _rules_run(clone)
+    _check_smoke_outputs(clone)
     lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]["smoke"]
-    assert {o["path"] for o in lock["outs"]} >= {"runs/smoke/reports/table1.md"}
+    assert {o["path"] for o in lock["outs"]} >= {SMOKE.report("table1.md")}
+    assert "train.lr" in lock["params"]["params/smoke.yaml"]  # params by key, not by section
     r = _run(dvc + ["status", "smoke"], clone)
     assert r.returncode == 0 and "changed" not in r.stdout, r.stdout
     r = _run(dvc + ["metrics", "show", "--json"], clone)
     assert r.returncode == 0, r.stderr
     shown = json.dumps(json.loads(r.stdout))
-    nll = json.loads((root / "results/dynamic_mnist/vae/lars/standard/seed1/nll.json").read_text())["nll"]
+    nll = json.loads((clone / SMOKE.nll(**_smoke_cell("lars_standard"))).read_text())["nll"]
     assert str(round(nll, 4)) in shown
     r = _run(dvc + ["params", "diff", "--all"], clone)
     assert r.returncode == 0 and "params/smoke.yaml" in r.stdout, r.stdout + r.stderr
@@ -380,13 +389,151 @@ def test_dvc_repro_smoke(clone):
     r = _run(dvc + ["push", "smoke"], clone)
     assert r.returncode == 0, r.stdout + r.stderr
     assert any(p.is_file() for p in (clone.parent / "larsvae-dvc-remote").rglob("*"))
-    ckpt = root / "models/dynamic_mnist/vae/lars/standard/seed1/model.pt"
+    ckpt = clone / SMOKE.model(**_smoke_cell("lars_standard"))
     blob = ckpt.read_bytes()
     shutil.rmtree(clone / ".dvc" / "cache")
     ckpt.unlink()
     r = _run(dvc + ["pull", "smoke"], clone)
     assert r.returncode == 0, r.stdout + r.stderr
     assert ckpt.read_bytes() == blob
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules rerun exactly what changed: every key of params/smoke.yaml, in the finished smoke run
+
+#: smoke jobs -> the jobs that consume their outputs (the DAG, written out by hand)
+_G, _J, _P = "gaussian/standard", "lars/standard", "lars/posthoc"
+_DOWNSTREAM = {
+    "prepare_data": [f"train:{_G}", f"train:{_J}", f"train:{_P}", f"evaluate:{_G}",
+                     f"evaluate:{_J}", f"evaluate:{_P}"],
+    f"train:{_G}": [f"train:{_P}", f"evaluate:{_G}", f"sample_grid:{_G}", "report"],
+    **{f"train:{c}": [f"estimate_z:{c}", f"evaluate:{c}", f"sample_grid:{c}", "report"]
+       for c in (_J, _P)},
+    **{f"estimate_z:{c}": [f"reduce_z:{c}"] for c in (_J, _P)},
+    **{f"reduce_z:{c}": [f"evaluate:{c}", "report"] for c in (_J, _P)},
+    **{f"evaluate:{c}": ["report"] for c in (_G, _J, _P)},
+}
+_ARCH = ("model.latent_dim", "model.hidden")
+_LARS = ("model.acceptance_hidden", "model.truncation", "model.eps", "model.train_z_samples")
+_Z = ("evaluate.z_samples", "evaluate.z_batch", "evaluate.z_antithetic", "evaluate.z_shards")
+_IWAE = ("evaluate.iwae_k", "evaluate.iwae_batch", "evaluate.iwae_k_chunk", "evaluate.test_subset")
+
+
+def _readers(key: str) -> set[str]:
+    """The smoke jobs whose step reads ``key`` (what larsvae.config.step_keys promises)."""
+    section = key.split(".")[0]
+    if key in _ARCH:
+        return {f"train:{c}" for c in (_G, _J, _P)}
+    if key in _LARS:
+        return {f"train:{_J}", f"train:{_P}"}
+    if section == "model":  # flow keys: no smoke cell has a flow prior
+        return set()
+    if section == "train":
+        return {f"train:{_G}", f"train:{_J}"}
+    if section == "posthoc":
+        return {f"train:{_P}"}
+    if key in _Z:
+        return {f"estimate_z:{_J}", f"estimate_z:{_P}"}
+    if key in _IWAE:
+        return {f"evaluate:{c}" for c in (_G, _J, _P)}
+    if key == "report.samples":
+        return {f"sample_grid:{c}" for c in (_G, _J, _P)}
+    if key == "name":
+        return {"report"}
+    if key == "data.mirrors":  # where the data come from is not a parameter of the result
+        return set()
+    raise AssertionError(f"no expectation for params key {key!r}: add it to _readers")
+
+
+def _closure(jobs: set[str]) -> set[str]:
+    out, todo = set(), list(jobs)
+    while todo:
+        j = todo.pop()
+        if j not in out:
+            out.add(j)
+            todo += _DOWNSTREAM.get(j, [])
+    return out | ({"all"} if out else set())
+
+
+def _job_label(rule: str, outputs: str) -> str:
+    rule = {"train_standard": "train", "train_joint": "train", "train_posthoc": "train"}.get(rule, rule)
+    cell = re.search(r"[/_](gaussian|lars)[/_](standard|posthoc)[/_]", outputs)
+    return f"{rule}:{cell.group(1)}/{cell.group(2)}" if cell else rule
+
+
+def _planned_jobs(stdout: str) -> set[str]:
+    jobs = set()
+    for block in re.split(r"^(?=(?:local)?rule \w+:$)", stdout, flags=re.M)[1:]:
+        rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
+        out = re.search(r"^\s+output: (.*)$", block, flags=re.M)
+        jobs.add(_job_label(rule, out.group(1) if out else ""))
+    return jobs
+
+
+def _changed(v):
+    if isinstance(v, bool):
+        return not v
+    if isinstance(v, int):
+        return v * 2 if v else 1
+    if isinstance(v, float):
+        return v / 2
+    if isinstance(v, str):
+        return v + "x"
+    if isinstance(v, list):
+        return [x + 1 for x in v] if v and isinstance(v[0], int) else ["/nonexistent/mirror"]
+    if v is None:
+        return 7
+    raise AssertionError(v)
+
+
+#: keys that change the set of cells or move every output: not a "changed value" question
+_STRUCTURAL = {"seeds", "experiments", "overrides", "paths.runs", "paths.reports"}
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_changing_one_key_reruns_exactly_the_jobs_that_read_it(clone, tmp_path):
+    assert (clone / SMOKE.report("table1.md")).exists(), "needs the finished smoke run above"
+    keys = [k for k in _load_dvc_stages_module().param_keys("params/smoke.yaml")
+            if k not in _STRUCTURAL]
+    assert len(keys) > 35
+    base = yaml.safe_load((clone / "params/smoke.yaml").read_text())
+    wrong = {}
+    for key in keys:
+        cfg = json.loads(json.dumps(base))
+        *path, leaf = key.split(".")
+        node = cfg
+        for p in path:
+            node = node[p]
+        node[leaf] = _changed(node[leaf])
+        f = tmp_path / f"{key}.yaml"
+        f.write_text(yaml.safe_dump(cfg))
+        r = _run(SNAKEMAKE + ["-n", "--configfile", str(f)], clone, timeout=120)
+        assert r.returncode == 0, (key, (r.stdout + r.stderr)[-2000:])
+        got, want = _planned_jobs(r.stdout), _closure(_readers(key))
+        if got != want:
+            wrong[key] = {"extra": sorted(got - want), "missing": sorted(want - got)}
+    assert not wrong, json.dumps(wrong, indent=1)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_paper_target_plans_the_whole_grid_in_a_fresh_clone(clone):
+    """The design card's command plans the paper grid: no committed report of another budget
+    stands in for it (each budget owns its outputs)."""
+    r = _run(SNAKEMAKE + ["-n", "reports/table1.md", "--cores", "all", "--resources", "gpu=4"],
+             clone, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout.split("Job stats:")[1], flags=re.M))
+    counts = {k: int(v) for k, v in stats.items()}
+    cfg = yaml.safe_load((REPO / "params/paper.yaml").read_text())
+    runs = [(d, a, run["prior"], run["mode"]) for e in cfg["experiments"] for d in e["datasets"]
+            for a in e["archs"] for run in e["runs"]]
+    n_cells = len(set(runs)) * len(cfg["seeds"])
+    n_train = counts["train_standard"] + counts["train_joint"] + counts.get("train_posthoc", 0)
+    assert n_train == n_cells >= 24
+    assert counts["evaluate"] == n_cells and counts["report"] == 1
+    assert counts["estimate_z"] == cfg["evaluate"]["z_shards"] * counts["reduce_z"] > 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def test_posthoc_trains_only_the_acceptance(tmp_path, tiny_dataset_npz, capsys):
     assert cli.main(["train", *common, "--prior", "gaussian", "--out", str(base),
                      "--train-params", '{"iterations": 6, "batch_size": 16}']) == 0
     post = tmp_path / "post" / "model.pt"
-    assert cli.main(["train", *common, "--prior", "lars", "--out", str(post), "--posthoc",
+    assert cli.main(["train", *common, "--prior", "lars", "--out", str(post),
                      "--init", str(base),
                      "--train-params", '{"iterations": 8, "batch_size": 16, "lr": 0.01}']) == 0
     a, b = _state(base), _state(post)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import LARS_PRIORS, ModelConfig, model_config
+from .config import LARS_PRIORS, model_config
 from .utils import UserError, atomic_torch_save
 
 FORMAT = "larsvae-checkpoint"
@@ -134,18 +134,9 @@ def build_from_meta(meta: dict[str, Any]) -> torch.nn.Module:
     cfg = model_config(meta["model_config"])
     if meta.get("mode") == "posthoc":
         model = build_model(meta["arch"], meta.get("base_prior", "gaussian"), cfg)
-        make_posthoc(model, cfg)
+        model.make_posthoc(cfg)
     else:
         model = build_model(meta["arch"], meta["prior"], cfg)
-    return model
-
-
-def make_posthoc(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
-    """``model.make_posthoc(cfg)`` (in place); returns the model.
-
-    (No retry without ``cfg`` on TypeError: that would hide a genuine error raised inside
-    ``make_posthoc`` behind a second call on a half-converted model.)"""
-    model.make_posthoc(cfg)
     return model
 
 

@@ -1,27 +1,32 @@
-"""Frozen configuration dataclasses: the library's half of the params contract.
+"""Frozen configuration dataclasses: the single source of truth for every parameter.
 
-Parameters flow one way: ``params/*.yaml`` -> schema-validated Snakemake config ->
-rule ``params:`` (a JSON object per section) -> ``larsvae <command> --params JSON`` ->
-these dataclasses -> library calls. The library never opens a params file itself.
+Parameters flow one way: ``params/*.yaml`` -> one ``validate(config, schema=...)`` in
+Snakemake (the schema is *generated* from this module: ``python -m larsvae.config``) ->
+rule ``params:`` carrying exactly the keys a step reads (:func:`step_keys`) -> the CLI,
+which parses them once into these dataclasses -> :mod:`larsvae.steps`. Library code never
+opens a params file, and constructors trust their typed configs.
 
-Each YAML section maps 1:1 onto one dataclass here (same key names):
+Each YAML section maps onto one dataclass (same key names); every field declares its type,
+range and *group* here, once:
 
-    model:    ModelConfig      (architecture hyper-parameters, prior hyper-parameters)
-    train:    TrainConfig      (standard and joint-LARS training, Appendix C.3)
-    posthoc:  TrainConfig      (post-hoc LARS training of the acceptance network only)
-    evaluate: EvalConfig       (Z estimation and IWAE NLL)
+    model:    ModelConfig   groups: arch (every model), lars, flow, realnvp, maf
+    train:    TrainConfig   standard and joint-LARS training, Appendix C.3
+    posthoc:  TrainConfig   post-hoc LARS training of the acceptance network only
+    evaluate: EvalConfig    groups: z (Z estimation), iwae (test NLL)
+    report:   ReportConfig  figures only
 
-``from_dict`` rejects unknown keys, wrong types and out-of-range values with a
-:class:`ConfigError` whose message names the offending key (``train.lr: expected a
-positive number, got -1``) so that the CLI can print one line and exit non-zero.
+:func:`parse` rejects unknown keys, wrong types, non-finite and out-of-range values with a
+:class:`ConfigError` naming the key (``train.lr: expected a number in (0.0, 1.0], got -1.0``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 DATASETS = ("static_mnist", "dynamic_mnist", "omniglot", "fashion_mnist")
@@ -30,153 +35,189 @@ ARCHS = ("vae", "hvae", "convhvae")
 #: "realnvp" / "maf" = flow priors; "lars_realnvp" = LARS with a RealNVP proposal.
 PRIORS = ("gaussian", "lars", "realnvp", "maf", "lars_realnvp")
 LARS_PRIORS = ("lars", "lars_realnvp")
+#: standard: trained from scratch (any prior; LARS = joint training); posthoc: a(z) trained
+#: on a frozen 'gaussian' standard checkpoint of the same cell (Sec. 4.1).
+MODES = ("standard", "posthoc")
+#: Which ModelConfig groups each prior reads (ModelConfig's ``group`` metadata).
+PRIOR_GROUPS = {
+    "gaussian": ("arch",),
+    "lars": ("arch", "lars"),
+    "realnvp": ("arch", "flow", "realnvp"),
+    "maf": ("arch", "flow", "maf"),
+    "lars_realnvp": ("arch", "lars", "flow", "realnvp"),
+}
 
 
 class ConfigError(ValueError):
     """A user error in parameters; the message names the key and what was expected."""
 
 
+def _key(default: Any, group: str, help: str, *, lo: float | None = None,
+         hi: float | None = None, lo_open: bool = False) -> Any:
+    """A config field: default, group (who reads it), range [lo, hi] (lo open if lo_open)."""
+    meta = {"group": group, "help": help, "lo": lo, "hi": hi, "lo_open": lo_open}
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture and prior hyper-parameters (paper Appendix C.2)."""
 
-    latent_dim: int = 50
-    hidden: int = 300  # width of the encoder/decoder MLPs
-    acceptance_hidden: tuple[int, ...] = (100, 100)  # a(z) = MLP[d-100-100-1]
-    truncation: int | None = 100  # T; None = resampling ad infinitum
-    eps: float = 0.1  # Algorithm 1 smoothing of the running Z
-    train_z_samples: int = 1024  # S = 2^10 proposal samples per step for Z (Alg. 1)
-    flow_hidden: tuple[int, ...] = (100, 100)
-    realnvp_couplings: int = 4
-    maf_blocks: int = 5
+    latent_dim: int = _key(50, "arch", "latent units d (per layer for L=2)", lo=1)
+    hidden: int = _key(300, "arch", "width of the encoder/decoder MLPs", lo=1)
+    acceptance_hidden: tuple[int, ...] = _key((100, 100), "lars", "a(z) = MLP[d-...-1]", lo=1)
+    truncation: int | None = _key(100, "lars", "T; null = resampling ad infinitum (Eq. A.7)",
+                                  lo=1)
+    eps: float = _key(0.1, "lars", "Algorithm 1 smoothing of the running Z", lo=0.0, hi=1.0,
+                      lo_open=True)
+    train_z_samples: int = _key(1024, "lars", "S proposal samples per step for Z (Alg. 1)",
+                                lo=1)
+    flow_hidden: tuple[int, ...] = _key((100, 100), "flow", "flow conditioner widths", lo=1)
+    realnvp_couplings: int = _key(4, "realnvp", "RealNVP coupling layers", lo=1)
+    maf_blocks: int = _key(5, "maf", "MAF MADE blocks", lo=1)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation schedule (paper Appendix C.3)."""
 
-    iterations: int = 10_000_000
-    batch_size: int = 128
-    lr: float = 3e-4
-    lr_final: float = 1e-4
-    lr_decay_step: int = 1_000_000  # lr drops from lr to lr_final after this many steps
-    warmup_steps: int = 100_000  # KL weight beta rises linearly 0 -> 1 over these steps
-    checkpoint_every: int = 1000
-    log_every: int = 100
-    # Early stopping on validation NLL (used for staticMNIST in the paper); 0 disables.
-    early_stopping_patience: int = 0
-    eval_every: int = 0  # validation ELBO/NLL every N steps; 0 disables
-    eval_k: int = 100  # importance samples for the validation NLL
+    iterations: int = _key(10_000_000, "train", "Adam steps", lo=1)
+    batch_size: int = _key(128, "train", "images per step", lo=1)
+    lr: float = _key(3e-4, "train", "learning rate", lo=0.0, hi=1.0, lo_open=True)
+    lr_final: float = _key(1e-4, "train", "learning rate after lr_decay_step", lo=0.0, hi=1.0,
+                           lo_open=True)
+    lr_decay_step: int = _key(1_000_000, "train", "lr -> lr_final after this many steps", lo=0)
+    warmup_steps: int = _key(100_000, "train", "KL weight 0 -> 1 over these steps", lo=0)
+    checkpoint_every: int = _key(1000, "train", "resume checkpoint every N steps", lo=1)
+    log_every: int = _key(100, "train", "training-curve row every N steps", lo=1)
+    early_stopping_patience: int = _key(0, "train", "evaluations without improvement; 0 = off",
+                                        lo=0)
+    eval_every: int = _key(0, "train", "validation NLL every N steps; 0 = off", lo=0)
+    eval_k: int = _key(100, "train", "importance samples of the validation NLL", lo=1)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation: high-precision Z (sharded) and IWAE NLL."""
+    """Evaluation: high-precision Z (sharded, group z) and IWAE test NLL (group iwae)."""
 
-    z_samples: int = 10_000_000_000  # S = 1e10 in the paper
-    z_shards: int = 4
-    z_batch: int = 1_000_000
-    z_antithetic: bool = True
-    iwae_k: int = 1000
-    iwae_batch: int = 100  # data points per chunk
-    iwae_k_chunk: int = 1000  # importance samples per chunk
-    test_subset: int | None = None  # evaluate on the first N test images (None = all)
+    z_samples: int = _key(10_000_000_000, "z", "proposal samples for Z (paper: 1e10)", lo=1)
+    z_shards: int = _key(4, "z", "independent jobs the Z estimate is split into", lo=1)
+    z_batch: int = _key(1_000_000, "z", "a(z) evaluations per batch (speed only)", lo=1)
+    z_antithetic: bool = _key(True, "z", "antithetic pairs (z, -z) for symmetric proposals")
+    iwae_k: int = _key(1000, "iwae", "importance samples K per test image", lo=1)
+    iwae_batch: int = _key(100, "iwae", "test images per chunk (speed only)", lo=1)
+    iwae_k_chunk: int = _key(1000, "iwae", "importance samples per chunk (speed only)", lo=1)
+    test_subset: int | None = _key(None, "iwae", "first N test images; null = all", lo=1)
 
 
-def _check_int(key: str, v: Any, *, minimum: int = 0, allow_none: bool = False) -> int | None:
-    if v is None and allow_none:
+@dataclass(frozen=True)
+class ReportConfig:
+    """Figures that read only trained models (no training or evaluation key)."""
+
+    samples: int = _key(64, "report", "images in each model's sample grid", lo=1)
+
+
+#: params-file section -> dataclass (``posthoc`` shares TrainConfig with ``train``).
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "posthoc": TrainConfig,
+    "evaluate": EvalConfig,
+    "report": ReportConfig,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _kind(tp: Any) -> tuple[str, bool]:
+    """('int' | 'float' | 'bool' | 'str' | 'widths', nullable) of an annotation."""
+    nullable = False
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        nullable, tp = True, args[0]
+    if typing.get_origin(tp) is tuple:
+        return "widths", nullable
+    return tp.__name__, nullable
+
+
+def _range_text(meta: Mapping[str, Any]) -> str:
+    lo, hi = meta["lo"], meta["hi"]
+    if hi is None:
+        return f">= {lo}" if not meta["lo_open"] else f"> {lo}"
+    return f"in {'(' if meta['lo_open'] else '['}{lo}, {hi}]"
+
+
+def _parse_value(key: str, v: Any, kind: str, nullable: bool, meta: Mapping[str, Any]) -> Any:
+    if v is None and nullable:
         return None
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)  # YAML writes 1e7 as a float
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError(f"{key}: expected an integer >= {minimum}, got {v!r}")
-    if v < minimum:
-        raise ConfigError(f"{key}: expected an integer >= {minimum}, got {v!r}")
-    return v
-
-
-def _check_float(key: str, v: Any, *, lo: float, hi: float, lo_open: bool = True) -> float:
+    if kind == "bool":
+        if not isinstance(v, bool):
+            raise ConfigError(f"{key}: expected true or false, got {v!r}")
+        return v
+    if kind == "str":
+        if not isinstance(v, str):
+            raise ConfigError(f"{key}: expected a string, got {v!r}")
+        return v
+    if kind == "widths":
+        if not isinstance(v, (list, tuple)) or not v:
+            raise ConfigError(f"{key}: expected a non-empty list of layer widths, got {v!r}")
+        return tuple(_parse_value(f"{key}[{i}]", x, "int", False, meta) for i, x in enumerate(v))
+    if kind == "int":
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)  # YAML writes 1.0e7 as a float
+        if isinstance(v, bool) or not isinstance(v, int) or v < meta["lo"]:
+            raise ConfigError(f"{key}: expected an integer {_range_text(meta)}, got {v!r}")
+        return v
+    assert kind == "float", kind
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ConfigError(f"{key}: expected a number, got {v!r}")
+        raise ConfigError(f"{key}: expected a number {_range_text(meta)}, got {v!r}")
     v = float(v)
-    bad_lo = v <= lo if lo_open else v < lo
-    if bad_lo or v > hi:
-        lb = "(" if lo_open else "["
-        raise ConfigError(f"{key}: expected a number in {lb}{lo}, {hi}], got {v!r}")
+    lo, hi = meta["lo"], meta["hi"]
+    if (v <= lo if meta["lo_open"] else v < lo) or (hi is not None and v > hi):
+        raise ConfigError(f"{key}: expected a number {_range_text(meta)}, got {v!r}")
     return v
 
 
-def _check_sizes(key: str, v: Any) -> tuple[int, ...]:
-    if not isinstance(v, (list, tuple)) or not v:
-        raise ConfigError(f"{key}: expected a non-empty list of layer widths, got {v!r}")
-    return tuple(_check_int(f"{key}[{i}]", x, minimum=1) for i, x in enumerate(v))
+def parse(cls: type, d: Mapping[str, Any] | None, section: str) -> Any:
+    """``cls(**d)`` with every key checked against its declared type and range.
 
-
-def _unknown_keys(section: str, cls: type, d: Mapping[str, Any]) -> None:
-    names = {f.name for f in dataclasses.fields(cls)}
-    for k in d:
-        if k not in names:
+    Missing keys take the dataclass defaults (the paper's values)."""
+    d = {} if d is None else d
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{section}: expected a mapping of keys, got {d!r}")
+    hints = _field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for k, v in d.items():
+        if k not in fields:
             raise ConfigError(
-                f"{section}.{k}: unknown key (expected one of: {', '.join(sorted(names))})"
+                f"{section}.{k}: unknown key (expected one of: {', '.join(sorted(fields))})"
             )
+        kind, nullable = _kind(hints[k])
+        out[k] = _parse_value(f"{section}.{k}", v, kind, nullable, fields[k].metadata)
+    return cls(**out)
 
 
-def model_config(d: Mapping[str, Any], section: str = "model") -> ModelConfig:
-    _unknown_keys(section, ModelConfig, d)
-    c = dict(d)
-    out: dict[str, Any] = {}
-    for k in ("latent_dim", "hidden", "train_z_samples", "realnvp_couplings", "maf_blocks"):
-        if k in c:
-            out[k] = _check_int(f"{section}.{k}", c[k], minimum=1)
-    if "truncation" in c:
-        out["truncation"] = _check_int(
-            f"{section}.truncation", c["truncation"], minimum=1, allow_none=True
-        )
-    if "eps" in c:
-        out["eps"] = _check_float(f"{section}.eps", c["eps"], lo=0.0, hi=1.0)
-    for k in ("acceptance_hidden", "flow_hidden"):
-        if k in c:
-            out[k] = _check_sizes(f"{section}.{k}", c[k])
-    return ModelConfig(**out)
+def model_config(d: Mapping[str, Any] | None, section: str = "model") -> ModelConfig:
+    return parse(ModelConfig, d, section)
 
 
-def train_config(d: Mapping[str, Any], section: str = "train") -> TrainConfig:
-    _unknown_keys(section, TrainConfig, d)
-    out: dict[str, Any] = {}
-    for k, lo in (
-        ("iterations", 1),
-        ("batch_size", 1),
-        ("lr_decay_step", 0),
-        ("warmup_steps", 0),
-        ("checkpoint_every", 1),
-        ("log_every", 1),
-        ("early_stopping_patience", 0),
-        ("eval_every", 0),
-        ("eval_k", 1),
-    ):
-        if k in d:
-            out[k] = _check_int(f"{section}.{k}", d[k], minimum=lo)
-    for k in ("lr", "lr_final"):
-        if k in d:
-            out[k] = _check_float(f"{section}.{k}", d[k], lo=0.0, hi=1.0)
-    return TrainConfig(**out)
+def train_config(d: Mapping[str, Any] | None, section: str = "train") -> TrainConfig:
+    return parse(TrainConfig, d, section)
 
 
-def eval_config(d: Mapping[str, Any], section: str = "evaluate") -> EvalConfig:
-    _unknown_keys(section, EvalConfig, d)
-    out: dict[str, Any] = {}
-    for k in ("z_samples", "z_shards", "z_batch", "iwae_k", "iwae_batch", "iwae_k_chunk"):
-        if k in d:
-            out[k] = _check_int(f"{section}.{k}", d[k], minimum=1)
-    if "test_subset" in d:
-        out["test_subset"] = _check_int(
-            f"{section}.test_subset", d["test_subset"], minimum=1, allow_none=True
-        )
-    if "z_antithetic" in d:
-        if not isinstance(d["z_antithetic"], bool):
-            raise ConfigError(f"{section}.z_antithetic: expected true or false, got {d['z_antithetic']!r}")
-        out["z_antithetic"] = d["z_antithetic"]
-    return EvalConfig(**out)
+def eval_config(d: Mapping[str, Any] | None, section: str = "evaluate") -> EvalConfig:
+    return parse(EvalConfig, d, section)
+
+
+def report_config(d: Mapping[str, Any] | None, section: str = "report") -> ReportConfig:
+    return parse(ReportConfig, d, section)
 
 
 def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -190,18 +231,218 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
-__all__ = [
-    "ARCHS",
-    "DATASETS",
-    "PRIORS",
-    "LARS_PRIORS",
-    "ConfigError",
-    "ModelConfig",
-    "TrainConfig",
-    "EvalConfig",
-    "model_config",
-    "train_config",
-    "eval_config",
-    "check_choice",
-    "to_dict",
-]
+# ---------------------------------------------------------------------------------------
+# What each pipeline step reads (the rules pass exactly these keys: rerun triggers)
+
+
+def _group_keys(cls: type, groups: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["group"] in groups)
+
+
+def model_keys(prior: str) -> tuple[str, ...]:
+    """The ``model`` keys a model with top prior ``prior`` is built from."""
+    return _group_keys(ModelConfig, PRIOR_GROUPS[check_choice("prior", prior, PRIORS)])
+
+
+def step_keys(step: str, prior: str = "gaussian") -> dict[str, tuple[str, ...]]:
+    """section -> keys that pipeline step ``step`` reads, for a cell with prior ``prior``.
+
+    A changed key reruns exactly the steps that read it (and what depends on their output).
+    Post-hoc training builds a LARS prior over the trained N(0, I) whatever ``prior`` says.
+    """
+    all_train = tuple(f.name for f in dataclasses.fields(TrainConfig))
+    table = {
+        "train": {"model": model_keys(prior), "train": all_train},
+        "train_posthoc": {"model": model_keys("lars"), "posthoc": all_train},
+        "estimate_z": {"evaluate": tuple(k for k in _group_keys(EvalConfig, ("z",))
+                                         if k != "z_shards")},  # z_shards names the outputs
+        "evaluate": {"evaluate": _group_keys(EvalConfig, ("iwae",))},
+        "sample": {"report": ("samples",)},
+    }
+    if step not in table:
+        raise ConfigError(f"step: unknown value {step!r} (expected one of: {', '.join(table)})")
+    return table[step]
+
+
+# ---------------------------------------------------------------------------------------
+# The params file: its JSON schema (generated) and its parse into typed, per-dataset configs
+
+
+def _field_schema(tp: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
+    kind, nullable = _kind(tp)
+    if kind == "widths":
+        s: dict[str, Any] = {"type": "array", "minItems": 1,
+                             "items": {"type": "integer", "minimum": meta["lo"]}}
+    elif kind in ("int", "float"):
+        s = {"type": "integer" if kind == "int" else "number"}
+        s["exclusiveMinimum" if meta["lo_open"] else "minimum"] = meta["lo"]
+        if meta["hi"] is not None:
+            s["maximum"] = meta["hi"]
+    else:
+        s = {"type": {"bool": "boolean", "str": "string"}[kind]}
+    if nullable:
+        s = {"oneOf": [s, {"type": "null"}]}
+    return {"description": meta["help"], **s}
+
+
+def section_schema(cls: type) -> dict[str, Any]:
+    hints = _field_types(cls)
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {f.name: _field_schema(hints[f.name], f.metadata)
+                       for f in dataclasses.fields(cls)},
+    }
+
+
+def params_schema() -> dict[str, Any]:
+    """The JSON schema of a params file (workflow/schemas/params.schema.yaml is this)."""
+    defs = {name: section_schema(cls) for name, cls in
+            (("model", ModelConfig), ("train", TrainConfig), ("evaluate", EvalConfig),
+             ("report", ReportConfig))}
+    sections = {name: {"$ref": f"#/$defs/{'train' if name == 'posthoc' else name}"}
+                for name in SECTIONS}
+    names = {"type": "array", "minItems": 1}
+    posthoc_is_lars = {"if": {"properties": {"mode": {"const": "posthoc"}}},
+                       "then": {"properties": {"prior": {"const": "lars"}}}}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "description": "Parameters of the larsvae workflow (params/*.yaml). GENERATED by "
+                       "`python -m larsvae.config` from larsvae/config.py: do not edit.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "paths", "seeds", *SECTIONS, "experiments"],
+        "$defs": defs,
+        "properties": {
+            "name": {"description": "budget name printed in every report header",
+                     "type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+            "paths": {
+                "description": "where this budget's outputs live (relative to the repository)",
+                "type": "object", "additionalProperties": False, "required": ["runs", "reports"],
+                "properties": {
+                    "runs": {"description": "models, results, logs", "type": "string"},
+                    "reports": {"description": "tables and figures", "type": "string"},
+                },
+            },
+            "data": {
+                "type": "object", "additionalProperties": False, "default": {},
+                "properties": {"mirrors": {
+                    "description": "local mirror folders (relative to the repository) tried "
+                                   "before the canonical URLs",
+                    "type": "array", "items": {"type": "string"}, "default": []}},
+            },
+            "seeds": {"type": "array", "minItems": 1, "uniqueItems": True,
+                      "items": {"type": "integer", "minimum": 0}},
+            **sections,
+            "overrides": {
+                "description": "per-dataset values deep-merged over the sections above",
+                "type": "object", "default": {},
+                "propertyNames": {"enum": list(DATASETS)},
+                "additionalProperties": {
+                    "type": "object", "additionalProperties": False, "properties": sections,
+                },
+            },
+            "experiments": {
+                "type": "array", "minItems": 1,
+                "items": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["datasets", "archs", "runs"],
+                    "properties": {
+                        "datasets": {**names, "items": {"enum": list(DATASETS)}},
+                        "archs": {**names, "items": {"enum": list(ARCHS)}},
+                        "runs": {**names, "items": {
+                            "type": "object", "additionalProperties": False,
+                            "required": ["prior", "mode"],
+                            "properties": {"prior": {"enum": list(PRIORS)},
+                                           "mode": {"enum": list(MODES)}},
+                            **posthoc_is_lars,
+                        }},
+                    },
+                },
+            },
+        },
+    }
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(
+            out.get(k), Mapping) else v
+    return out
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One trained model: the unit every table shares (one checkpoint per cell)."""
+
+    dataset: str
+    arch: str
+    prior: str
+    mode: str
+    seed: int
+
+    @property
+    def is_lars(self) -> bool:
+        return self.prior in LARS_PRIORS
+
+
+@dataclass(frozen=True)
+class Params:
+    """A whole params file, parsed once: typed sections per dataset and the cells to run."""
+
+    name: str
+    runs: str
+    reports: str
+    mirrors: tuple[str, ...]
+    seeds: tuple[int, ...]
+    sections: dict[str, dict[str, Any]]  # dataset -> section -> config (overrides applied)
+    raw: dict[str, dict[str, dict[str, Any]]]  # dataset -> section -> merged plain dict
+    cells: tuple[Cell, ...]
+
+    def section(self, name: str, dataset: str) -> Any:
+        return self.sections[dataset][name]
+
+    def step_params(self, step: str, cell: Cell) -> dict[str, dict[str, Any]]:
+        """section -> {key: value} of exactly the keys ``step`` reads for ``cell``."""
+        raw = self.raw[cell.dataset]
+        return {sec: {k: raw[sec][k] for k in keys}
+                for sec, keys in step_keys(step, cell.prior).items()}
+
+
+def parse_params(d: Mapping[str, Any]) -> Params:
+    """Parse a (schema-validated) params dict: every section of every dataset, the cells."""
+    cells: dict[Cell, None] = {}
+    for exp in d["experiments"]:
+        for ds in exp["datasets"]:
+            for arch in exp["archs"]:
+                for run in exp["runs"]:
+                    for seed in d["seeds"]:
+                        cells[Cell(ds, arch, run["prior"], run["mode"], int(seed))] = None
+    overrides = d.get("overrides") or {}
+    sections, raw = {}, {}
+    for ds in DATASETS:  # every dataset, so any cell a user asks for has its sections
+        raw[ds], sections[ds] = {}, {}
+        for name, cls in SECTIONS.items():
+            over = (overrides.get(ds) or {}).get(name) or {}
+            where = f"overrides.{ds}.{name}" if over else name
+            parsed = parse(cls, _deep_merge(d[name], over), where)
+            sections[ds][name] = parsed
+            raw[ds][name] = to_dict(parsed)
+    return Params(
+        name=d["name"],
+        runs=d["paths"]["runs"].rstrip("/"),
+        reports=d["paths"]["reports"].rstrip("/"),
+        mirrors=tuple((d.get("data") or {}).get("mirrors") or ()),
+        seeds=tuple(int(s) for s in d["seeds"]),
+        sections=sections,
+        raw=raw,
+        cells=tuple(cells),
+    )
+
+
+if __name__ == "__main__":  # python -m larsvae.config > workflow/schemas/params.schema.yaml
+    import yaml
+
+    print("# GENERATED by `python -m larsvae.config` from src/larsvae/config.py: do not edit.")
+    print(yaml.safe_dump(params_schema(), sort_keys=False, width=100), end="")

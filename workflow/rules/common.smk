@@ -1,21 +1,18 @@
-# Helpers shared by every rule: config validation, per-dataset sections, the list of
-# experiment cells, input functions and paths. Rules never contain Python logic themselves.
-import copy
+# Helpers shared by every rule: the one config validation, the cells, input and params
+# functions. Paths come from larsvae.paths, key sets from larsvae.config: rules hold no logic.
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
 
-import jsonschema
-import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from larsvae import config as lconfig
+from larsvae.data.sources import export_mirrors
+from larsvae.paths import Layout, dataset_file, manifest_file
 
 REPO = Path(workflow.basedir).resolve()
-SCHEMA = REPO / "workflow" / "schemas" / "params.schema.yaml"
 # Every job's shell: strict mode, this interpreter's bin/ first on PATH (so `python` and
 # `larsvae` are the ones Snakemake runs in, activated or not), and `gpu_slot CMD...`, which
 # runs CMD on one GPU of its own (workflow/scripts/gpu_slot.py) or unchanged on the CPU.
@@ -27,183 +24,91 @@ shell.prefix(
     f'gpu_slot() {{{{ python {_SLOT} -- "$@"; }}}}; '
 )
 
-SECTION_PARSERS = {
-    "model": lconfig.model_config,
-    "train": lconfig.train_config,
-    "posthoc": lconfig.train_config,
-    "evaluate": lconfig.eval_config,
-}
 
-
-def _dotted(path):
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "<top level>"
-
-
-def check_params(cfg):
-    """Validate a params dict; raise WorkflowError('params: <key>: <what is wrong>').
-
-    The library's own checks (larsvae.config) come first: they name the key exactly as the
-    CLI would (``train.lr: expected a number in (0.0, 1.0], got -1.0``). The schema then
-    checks everything else (structure, names of datasets/archs/priors, experiments)."""
-    try:
-        for name, parse in SECTION_PARSERS.items():
-            if isinstance(cfg.get(name), dict):
-                parse(cfg[name], name)
-            for ds, ov in (cfg.get("overrides") or {}).items():
-                if isinstance(ov, dict) and isinstance(ov.get(name), dict):
-                    parse(ov[name], f"overrides.{ds}.{name}")
-                    if isinstance(cfg.get(name), dict):
-                        parse(merged_section(cfg, name, ds), f"overrides.{ds}.{name}")
-    except lconfig.ConfigError as err:
-        raise WorkflowError(f"params: {err}") from None
-    with open(SCHEMA) as fh:
-        schema = yaml.safe_load(fh)
-    errors = sorted(
-        jsonschema.Draft202012Validator(schema).iter_errors(cfg),
-        key=lambda e: list(map(str, e.absolute_path)),
-    )
-    if errors:
-        e = errors[0]
-        path = list(e.absolute_path)
-        if e.validator == "additionalProperties":
-            known = set(e.schema.get("properties", {}))
-            extra = sorted(set(e.instance) - known)
-            raise WorkflowError(
-                f"params: {_dotted(path + extra[:1])}: unknown key "
-                f"(expected one of: {', '.join(sorted(known))})"
-            )
-        raise WorkflowError(f"params: {_dotted(path)}: {e.message}")
-    for i, exp in enumerate(cfg["experiments"]):
-        for j, run in enumerate(exp["runs"]):
-            if run["mode"] == "posthoc" and run["prior"] != "lars":
-                raise WorkflowError(
-                    f"params: experiments[{i}].runs[{j}]: post-hoc training replaces the "
-                    f"gaussian prior of a standard checkpoint by LARS; prior must be 'lars', "
-                    f"got {run['prior']!r}"
-                )
-
-
-def _deep_merge(base, over):
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def merged_section(cfg, name, dataset):
-    """Section `name` for `dataset`: the global section with overrides.{dataset}.{name} on top."""
-    ov = cfg.get("overrides", {}).get(dataset, {}).get(name, {})
-    return _deep_merge(cfg[name], ov)
+def _one_line(err):
+    """'params: <key>: <what is wrong>' from a schema or library error."""
+    # Snakemake's validate() raises WorkflowError while handling jsonschema's ValidationError
+    context = err.__cause__ or err.__context__
+    cause = context if hasattr(context, "validator") else err
+    path = list(getattr(cause, "absolute_path", []))
+    if not path and not hasattr(cause, "validator"):
+        return f"params: {' '.join(str(cause).split())}"
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    if getattr(cause, "validator", None) == "additionalProperties":
+        known = sorted(cause.schema.get("properties", {}))
+        extra = sorted(set(cause.instance) - set(known))[0]
+        where = f"{key}.{extra}" if key else extra
+        return f"params: {where}: unknown key (expected one of: {', '.join(known)})"
+    return f"params: {key or '<top level>'}: {cause.message}"
 
 
 if not config:
     raise WorkflowError("params: no configuration given (use --configfile params/<budget>.yaml)")
-check_params(config)
-validate(config, schema=str(SCHEMA))  # also fills defaults (data.mirrors, overrides)
-
-
-def section(name, dataset):
-    return merged_section(config, name, dataset)
-
-
-def section_json(name, dataset):
-    """One params section as compact JSON for ``larsvae ... --<name>-params`` (sorted keys
-    so the string, and with it Snakemake's params rerun trigger, is stable)."""
-    return json.dumps(section(name, dataset), sort_keys=True, separators=(",", ":"))
+try:
+    validate(config, schema=str(REPO / "workflow" / "schemas" / "params.schema.yaml"))
+    P = lconfig.parse_params(config)
+except (WorkflowError, lconfig.ConfigError) as err:
+    raise WorkflowError(_one_line(err)) from None
+L = Layout(P.runs, P.reports)
+REPORTS = {k: L.report(f) for k, f in (("table", "table1.md"), ("main", "main.md"),
+           ("metrics", "metrics.json"), ("curves", "figures/training_curves.png"))}
 
 
 # ---------------------------------------------------------------------------------------------
-# Experiment cells and paths
-
-CELL = "{dataset}/{arch}/{prior}/{mode}/seed{seed}"
+# Cells and the keys each step reads
 
 
-def cells():
-    """Every (dataset, arch, prior, mode, seed) to run, in config order, de-duplicated."""
-    seen = {}
-    for exp in config["experiments"]:
-        for dataset in exp["datasets"]:
-            for arch in exp["archs"]:
-                for run in exp["runs"]:
-                    for seed in config["seeds"]:
-                        c = dict(dataset=dataset, arch=arch, prior=run["prior"], mode=run["mode"], seed=seed)
-                        seen[CELL.format(**c)] = c
-    return list(seen.values())
+def cell_of(w, **fixed):
+    """The cell of a job: its wildcards plus the fields its output pattern fixes."""
+    c = {**dict(w.items()), **fixed}
+    return lconfig.Cell(c["dataset"], c["arch"], c["prior"], c["mode"], int(c["seed"]))
 
 
-def is_lars(prior):
-    return prior in lconfig.LARS_PRIORS
+def _json(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def data_file(dataset):
-    return f"data/processed/{dataset}.npz"
+def step_params(step, section, **fixed):
+    """params function: the keys of `section` that `step` reads for the job's cell (JSON);
+    `fixed`: cell fields the rule's output pattern fixes instead of a wildcard. Snakemake
+    reruns a job when these change, and only then (rerun trigger 'params')."""
+
+    def get(wildcards):
+        return _json(P.step_params(step, cell_of(wildcards, **fixed))[section])
+
+    return get
 
 
-def model_path(c):
-    return f"models/{CELL.format(**c)}/model.pt"
-
-
-def curve_path(c):
-    return f"models/{CELL.format(**c)}/curve.tsv"
-
-
-def nll_path(c):
-    return f"results/{CELL.format(**c)}/nll.json"
-
-
-def z_path(c):
-    return f"results/{CELL.format(**c)}/z.json"
-
-
-def mirror_args():
-    """--mirror options from data.mirrors (relative paths are relative to the repository)."""
-    dirs = [str((REPO / m).resolve()) if not os.path.isabs(m) else m for m in config["data"]["mirrors"]]
-    return " ".join(f"--mirror {shlex.quote(d)}" for d in dirs)
+# data.mirrors (relative to the repository) go first on the jobs' $LARSVAE_DATA_MIRRORS. Where
+# the data come from is not a parameter of the result (every file is checked against its
+# pinned sha256), so it is no rerun trigger of prepare_data.
+export_mirrors(P.mirrors, root=REPO)
 
 
 # ---------------------------------------------------------------------------------------------
-# Input functions and params functions (no lambdas in rules)
+# Input functions (no lambdas in rules)
 
 
 def train_data(wildcards):
-    return data_file(wildcards.dataset)
+    return dataset_file(wildcards.dataset)
 
 
 def posthoc_init(wildcards):
     """Post-hoc LARS starts from the standard-prior checkpoint of the same cell."""
-    return model_path(dict(wildcards, prior="gaussian", mode="standard"))
-
-
-def model_params(wildcards):
-    return section_json("model", wildcards.dataset)
-
-
-def train_params(wildcards):
-    return section_json("train", wildcards.dataset)
-
-
-def posthoc_params(wildcards):
-    return section_json("posthoc", wildcards.dataset)
-
-
-def eval_params(wildcards):
-    return section_json("evaluate", wildcards.dataset)
+    return L.model(**{**dict(wildcards.items()), "prior": "gaussian", "mode": "standard"})
 
 
 def z_shards(wildcards):
     """The shard files reduced into one Z estimate (count: evaluate.z_shards)."""
-    n = lconfig.eval_config(section("evaluate", wildcards.dataset)).z_shards
-    return [f"results/{CELL.format(**wildcards)}/z/shard{i}of{n}.json" for i in range(n)]
+    n = P.section("evaluate", wildcards.dataset).z_shards
+    return [L.z_shard(**wildcards, shard=i, nshards=n) for i in range(n)]
 
 
 def evaluate_inputs(wildcards):
     """Checkpoint + data, plus z.json for LARS priors only (others need no Z)."""
-    inputs = {"model": model_path(wildcards), "data": data_file(wildcards.dataset)}
-    if is_lars(wildcards.prior):
-        inputs["z"] = z_path(wildcards)
+    inputs = {"model": L.model(**wildcards), "data": dataset_file(wildcards.dataset)}
+    if cell_of(wildcards).is_lars:
+        inputs["z"] = L.z(**wildcards)
     return inputs
 
 
@@ -211,47 +116,44 @@ def z_option(wildcards, input):
     return f"--z {shlex.quote(input.z)}" if "z" in input.keys() else ""
 
 
+def sample_count(wildcards):
+    return P.step_params("sample", cell_of(wildcards))["report"]["samples"]
+
+
+def _cell_files(c):
+    w = vars(c)
+    return dict(w, nll=L.nll(**w), z=L.z(**w) if c.is_lars else None, curve=L.curve(**w),
+                manifest=manifest_file(c.dataset))
+
+
 def report_inputs(wildcards):
-    inputs = {
-        "nll": [nll_path(c) for c in cells()],
-        "curves": [curve_path(c) for c in cells()],
-        "manifests": sorted({f"data/processed/{c['dataset']}.json" for c in cells()}),
+    files = [_cell_files(c) for c in P.cells]
+    return {
+        "nll": [f["nll"] for f in files],
+        "z": [f["z"] for f in files if f["z"]],
+        "curves": [f["curve"] for f in files],
+        "manifests": sorted({f["manifest"] for f in files}),
     }
-    inputs["z"] = [z_path(c) for c in cells() if is_lars(c["prior"])]
-    return inputs
 
 
 def report_spec(wildcards):
-    """Everything the report needs besides the result files: the budget and the cells."""
-    spec = {
-        "name": config["name"],
-        "seeds": config["seeds"],
-        "cells": [
-            dict(c, nll=nll_path(c), z=z_path(c) if is_lars(c["prior"]) else None,
-                 curve=curve_path(c), manifest=f"data/processed/{c['dataset']}.json")
-            for c in cells()
-        ],
-        "budget": {
-            ds: {name: section(name, ds) for name in SECTION_PARSERS}
-            for ds in sorted({c["dataset"] for c in cells()})
-        },
-    }
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
-
-
-REPORTS = {
-    "table": "reports/table1.md",
-    "main": "reports/main.md",
-    "metrics": "reports/metrics.json",
-    "curves": "reports/figures/training_curves.png",
-}
-
-
-def sample_path(c):
-    return "reports/figures/samples/{dataset}_{arch}_{prior}_{mode}_seed{seed}.png".format(**c)
+    """What the report shows besides the result files: the budget's name, seeds, cells and
+    the keys the cells' steps read (so a key no step reads never reruns the report)."""
+    budget = {}
+    for c in P.cells:
+        steps = ["train_posthoc" if c.mode == "posthoc" else "train", "evaluate"]
+        steps += ["estimate_z"] if c.is_lars else []
+        b = budget.setdefault(c.dataset, {})
+        for step in steps:
+            for section, values in P.step_params(step, c).items():
+                b.setdefault(section, {}).update(values)
+        if c.is_lars:
+            b["evaluate"]["z_shards"] = P.section("evaluate", c.dataset).z_shards
+    spec = {"name": P.name, "seeds": list(P.seeds), "budget": budget,
+            "cells": [_cell_files(c) for c in P.cells]}
+    return _json(spec)
 
 
 def all_targets():
     """The default target (and what the DVC stages build): reports + one sample grid per cell."""
-    return list(REPORTS.values()) + [sample_path(c) for c in cells()]
-
+    return list(REPORTS.values()) + [L.sample_grid(**vars(c)) for c in P.cells]

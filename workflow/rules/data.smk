@@ -1,12 +1,10 @@
 rule prepare_data:
-    """Download/verify/binarise one dataset (larsvae.data.prepare): npz + manifest."""
+    """Download/verify/binarise one dataset (larsvae.steps.prepare_data): npz + manifest."""
     output:
-        npz="data/processed/{dataset}.npz",
-        manifest="data/processed/{dataset}.json",
+        npz=dataset_file(),
+        manifest=manifest_file(),
     log:
         "logs/prepare_data/{dataset}.log",
-    params:
-        mirrors=mirror_args(),
     conda:
         "../envs/larsvae.yaml"
     threads: 1
@@ -14,5 +12,5 @@ rule prepare_data:
         mem_mb=4000,
         runtime=60,
     shell:
-        "larsvae prepare-data --dataset {wildcards.dataset} --out-dir data/processed"
-        " {params.mirrors} > {log:q} 2>&1"
+        "larsvae prepare-data --dataset {wildcards.dataset} --out-dir \"$(dirname {output.npz:q})\""
+        " > {log:q} 2>&1"

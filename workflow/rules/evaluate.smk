@@ -4,13 +4,13 @@
 rule estimate_z:
     """One shard of the Monte Carlo estimate of Z = E_pi[a(z)] (Eq. A.3), one GPU each."""
     input:
-        model="models/{dataset}/{arch}/{prior}/{mode}/seed{seed}/model.pt",
+        model=L.model(),
     output:
-        "results/{dataset}/{arch}/{prior}/{mode}/seed{seed}/z/shard{shard}of{nshards}.json",
+        L.z_shard(),
     log:
-        "logs/estimate_z/{dataset}/{arch}/{prior}/{mode}/seed{seed}/shard{shard}of{nshards}.log",
+        L.log("estimate_z", leaf="shard{shard}of{nshards}"),
     params:
-        evaluate=eval_params,
+        evaluate=step_params("estimate_z", "evaluate"),
     conda:
         "../envs/larsvae.yaml"
     threads: 1
@@ -19,8 +19,8 @@ rule estimate_z:
         mem_mb=8000,
         runtime=720,
     shell:
-        "OMP_NUM_THREADS={threads} gpu_slot larsvae estimate-z --threads {threads} --checkpoint {input.model:q}"
-        " --shard {wildcards.shard} --num-shards {wildcards.nshards}"
+        "OMP_NUM_THREADS={threads} gpu_slot larsvae estimate-z --threads {threads}"
+        " --checkpoint {input.model:q} --shard {wildcards.shard} --num-shards {wildcards.nshards}"
         " --eval-params {params.evaluate:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -29,9 +29,9 @@ rule reduce_z:
     input:
         z_shards,
     output:
-        "results/{dataset}/{arch}/{prior}/{mode}/seed{seed}/z.json",
+        L.z(),
     log:
-        "logs/reduce_z/{dataset}/{arch}/{prior}/{mode}/seed{seed}.log",
+        L.log("reduce_z"),
     conda:
         "../envs/larsvae.yaml"
     threads: 1
@@ -47,11 +47,11 @@ rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        "results/{dataset}/{arch}/{prior}/{mode}/seed{seed}/nll.json",
+        L.nll(),
     log:
-        "logs/evaluate/{dataset}/{arch}/{prior}/{mode}/seed{seed}.log",
+        L.log("evaluate"),
     params:
-        evaluate=eval_params,
+        evaluate=step_params("evaluate", "evaluate"),
         z=z_option,
     conda:
         "../envs/larsvae.yaml"
@@ -61,6 +61,6 @@ rule evaluate:
         mem_mb=8000,
         runtime=720,
     shell:
-        "OMP_NUM_THREADS={threads} gpu_slot larsvae evaluate --threads {threads} --checkpoint {input.model:q}"
-        " {params.z} --dataset-file {input.data:q} --eval-params {params.evaluate:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} gpu_slot larsvae evaluate --threads {threads}"
+        " --checkpoint {input.model:q} {params.z} --dataset-file {input.data:q}"
+        " --eval-params {params.evaluate:q} --out {output:q} > {log:q} 2>&1"

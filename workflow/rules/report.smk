@@ -3,12 +3,9 @@ rule report:
     input:
         unpack(report_inputs),
     output:
-        table=REPORTS["table"],
-        main=REPORTS["main"],
-        metrics=REPORTS["metrics"],
-        curves=REPORTS["curves"],
+        **REPORTS,
     log:
-        "logs/report.log",
+        f"{P.runs}/logs/report.log",
     params:
         spec=report_spec,
     conda:
@@ -18,19 +15,20 @@ rule report:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m larsvae.reports --spec {params.spec:q} --table {output.table:q}"
-        " --main {output.main:q} --metrics {output.metrics:q} --curves {output.curves:q}"
-        " > {log:q} 2>&1"
+        "larsvae report --spec {params.spec:q} --table {output.table:q} --main {output.main:q}"
+        " --metrics {output.metrics:q} --curves {output.curves:q} > {log:q} 2>&1"
 
 
 rule sample_grid:
-    """A grid of 64 model samples x ~ p(x|z) p(z) (LARS: z from the exact truncated sampler)."""
+    """A grid of model samples x ~ p(x|z) p(z) (LARS: exact truncated sampler, ranked by a(z))."""
     input:
-        "models/{dataset}/{arch}/{prior}/{mode}/seed{seed}/model.pt",
+        L.model(),
     output:
-        "reports/figures/samples/{dataset}_{arch}_{prior}_{mode}_seed{seed}.png",
+        L.sample_grid(),
     log:
-        "logs/sample_grid/{dataset}/{arch}/{prior}/{mode}/seed{seed}.log",
+        L.log("sample_grid"),
+    params:
+        n=sample_count,
     conda:
         "../envs/larsvae.yaml"
     threads: 1
@@ -38,5 +36,5 @@ rule sample_grid:
         mem_mb=2000,
         runtime=10,
     shell:
-        "OMP_NUM_THREADS={threads} larsvae sample --threads {threads} --checkpoint {input:q} --n 64"
-        " --seed {wildcards.seed} --device cpu --out {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} larsvae sample --threads {threads} --checkpoint {input:q}"
+        " --n {params.n} --seed {wildcards.seed} --device cpu --out {output:q} > {log:q} 2>&1"

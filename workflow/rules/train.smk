@@ -1,5 +1,6 @@
-# Three training rules, one per training regime, so that profiles can size them apart.
-# The checkpoint path encodes the cell: models/{dataset}/{arch}/{prior}/{mode}/seed{seed}/.
+# Three training rules, one per training regime, so that profiles can size them apart. Each
+# passes only the params keys its step reads (larsvae.config.step_keys), so a changed key
+# retrains exactly the cells that read it.
 
 
 rule train_standard:
@@ -7,15 +8,15 @@ rule train_standard:
     input:
         data=train_data,
     output:
-        model="models/{dataset}/{arch}/{prior}/standard/seed{seed}/model.pt",
-        curve="models/{dataset}/{arch}/{prior}/standard/seed{seed}/curve.tsv",
+        model=L.model(mode="standard"),
+        curve=L.curve(mode="standard"),
     wildcard_constraints:
-        prior="gaussian|realnvp|maf",
+        prior="|".join(p for p in lconfig.PRIORS if p not in lconfig.LARS_PRIORS),
     log:
-        "logs/train/{dataset}/{arch}/{prior}/standard/seed{seed}.log",
+        L.log("train", mode="standard"),
     params:
-        model=model_params,
-        train=train_params,
+        model=step_params("train", "model", mode="standard"),
+        train=step_params("train", "train", mode="standard"),
     conda:
         "../envs/larsvae.yaml"
     threads: 1
@@ -24,10 +25,10 @@ rule train_standard:
         mem_mb=8000,
         runtime=1440,
     shell:
-        "OMP_NUM_THREADS={threads} gpu_slot larsvae train --threads {threads} --dataset-file {input.data:q}"
-        " --arch {wildcards.arch} --prior {wildcards.prior} --seed {wildcards.seed}"
-        " --model-params {params.model:q} --train-params {params.train:q}"
-        " --out {output.model:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} gpu_slot larsvae train --threads {threads}"
+        " --dataset-file {input.data:q} --arch {wildcards.arch} --prior {wildcards.prior}"
+        " --seed {wildcards.seed} --model-params {params.model:q}"
+        " --train-params {params.train:q} --out {output.model:q} > {log:q} 2>&1"
 
 
 rule train_joint:
@@ -35,15 +36,15 @@ rule train_joint:
     input:
         data=train_data,
     output:
-        model="models/{dataset}/{arch}/{prior}/standard/seed{seed}/model.pt",
-        curve="models/{dataset}/{arch}/{prior}/standard/seed{seed}/curve.tsv",
+        model=L.model(mode="standard"),
+        curve=L.curve(mode="standard"),
     wildcard_constraints:
-        prior="lars|lars_realnvp",
+        prior="|".join(lconfig.LARS_PRIORS),
     log:
-        "logs/train/{dataset}/{arch}/{prior}/standard/seed{seed}.log",
+        L.log("train", mode="standard"),
     params:
-        model=model_params,
-        train=train_params,
+        model=step_params("train", "model", mode="standard"),
+        train=step_params("train", "train", mode="standard"),
     conda:
         "../envs/larsvae.yaml"
     threads: 1
@@ -52,27 +53,25 @@ rule train_joint:
         mem_mb=8000,
         runtime=1440,
     shell:
-        "OMP_NUM_THREADS={threads} gpu_slot larsvae train --threads {threads} --dataset-file {input.data:q}"
-        " --arch {wildcards.arch} --prior {wildcards.prior} --seed {wildcards.seed}"
-        " --model-params {params.model:q} --train-params {params.train:q}"
-        " --out {output.model:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} gpu_slot larsvae train --threads {threads}"
+        " --dataset-file {input.data:q} --arch {wildcards.arch} --prior {wildcards.prior}"
+        " --seed {wildcards.seed} --model-params {params.model:q}"
+        " --train-params {params.train:q} --out {output.model:q} > {log:q} 2>&1"
 
 
 rule train_posthoc:
-    """Post-hoc LARS: a(z) trained on a frozen standard-prior model (same cell, gaussian)."""
+    """Post-hoc LARS: a(z) trained on the frozen standard-prior model of the same cell."""
     input:
         data=train_data,
         init=posthoc_init,
     output:
-        model="models/{dataset}/{arch}/{prior}/posthoc/seed{seed}/model.pt",
-        curve="models/{dataset}/{arch}/{prior}/posthoc/seed{seed}/curve.tsv",
-    wildcard_constraints:
-        prior="lars",
+        model=L.model(prior="lars", mode="posthoc"),
+        curve=L.curve(prior="lars", mode="posthoc"),
     log:
-        "logs/train/{dataset}/{arch}/{prior}/posthoc/seed{seed}.log",
+        L.log("train", prior="lars", mode="posthoc"),
     params:
-        model=model_params,
-        train=posthoc_params,
+        model=step_params("train_posthoc", "model", prior="lars", mode="posthoc"),
+        train=step_params("train_posthoc", "posthoc", prior="lars", mode="posthoc"),
     conda:
         "../envs/larsvae.yaml"
     threads: 1
@@ -81,7 +80,8 @@ rule train_posthoc:
         mem_mb=8000,
         runtime=1440,
     shell:
-        "OMP_NUM_THREADS={threads} gpu_slot larsvae train --threads {threads} --dataset-file {input.data:q}"
-        " --arch {wildcards.arch} --prior {wildcards.prior} --seed {wildcards.seed}"
-        " --model-params {params.model:q} --train-params {params.train:q}"
-        " --init {input.init:q} --posthoc --out {output.model:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} gpu_slot larsvae train --threads {threads}"
+        " --dataset-file {input.data:q} --arch {wildcards.arch} --prior lars"
+        " --seed {wildcards.seed} --model-params {params.model:q}"
+        " --train-params {params.train:q} --init {input.init:q}"
+        " --out {output.model:q} > {log:q} 2>&1"

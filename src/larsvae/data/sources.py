@@ -147,6 +147,14 @@ class Resolved:
     sources: dict[str, str]
 
 
+def export_mirrors(mirrors: Iterable[str | os.PathLike], root: str | os.PathLike) -> None:
+    """Put ``mirrors`` (relative to ``root``) first on ``$LARSVAE_DATA_MIRRORS`` for the jobs
+    this process starts (the workflow's ``data.mirrors``: a location, not a parameter)."""
+    dirs = [str(Path(root) / m) for m in mirrors]  # an absolute m replaces root
+    rest = [m for m in os.environ.get(MIRRORS_ENV, "").split(":") if m]
+    os.environ[MIRRORS_ENV] = ":".join(dirs + rest)
+
+
 def mirror_dirs(mirrors: Iterable[str | os.PathLike] = ()) -> list[Path]:
     """Mirror folders to search: explicit ones (must exist), then ``$LARSVAE_DATA_MIRRORS``."""
     if isinstance(mirrors, (str, os.PathLike)):

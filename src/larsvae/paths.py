@@ -1,0 +1,82 @@
+"""Where every artefact lives: the one definition of the path patterns.
+
+The Snakemake rules take their ``output:`` patterns from here, and the report step finds the
+results with the same functions, so a path is written once. Every budget owns its outputs:
+``runs`` (models, results, logs) and ``reports`` come from the params file's ``paths``
+section (paper: ``runs/paper`` and ``reports``; quick: ``runs/quick`` and ``reports/quick``),
+so one budget's committed reports never stand in for another budget's targets. Prepared data
+are shared by every budget (``data/processed``): the same bytes whatever the budget.
+
+A pattern keeps the wildcards it was not given, e.g. ``Layout("runs/q", "r").model()`` is
+``runs/q/models/{dataset}/{arch}/{prior}/{mode}/seed{seed}/model.pt`` (a Snakemake output
+pattern) and ``.model(**cell)`` the file of one cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+DATA = "data/processed"
+CELL = "{dataset}/{arch}/{prior}/{mode}/seed{seed}"
+
+
+class _Keep(dict):
+    """format_map mapping that leaves missing wildcards as ``{name}``."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def fill(pattern: str, **wildcards: Any) -> str:
+    return pattern.format_map(_Keep(wildcards))
+
+
+def dataset_file(dataset: str = "{dataset}") -> str:
+    return f"{DATA}/{dataset}.npz"
+
+
+def manifest_file(dataset: str = "{dataset}") -> str:
+    return f"{DATA}/{dataset}.json"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The output tree of one budget."""
+
+    runs: str
+    reports: str
+
+    # -- per cell (runs/) ----------------------------------------------------------------
+    def model(self, **w: Any) -> str:
+        return fill(f"{self.runs}/models/{CELL}/model.pt", **w)
+
+    def curve(self, **w: Any) -> str:
+        return fill(f"{self.runs}/models/{CELL}/curve.tsv", **w)
+
+    def z_shard(self, **w: Any) -> str:
+        return fill(f"{self.runs}/results/{CELL}/z/shard{{shard}}of{{nshards}}.json", **w)
+
+    def z(self, **w: Any) -> str:
+        return fill(f"{self.runs}/results/{CELL}/z.json", **w)
+
+    def nll(self, **w: Any) -> str:
+        return fill(f"{self.runs}/results/{CELL}/nll.json", **w)
+
+    def log(self, rule: str, leaf: str | None = None, **w: Any) -> str:
+        """``logs/{rule}/{cell}.log``, or ``logs/{rule}/{cell}/{leaf}.log`` (one per shard)."""
+        return fill(f"{self.runs}/logs/{rule}/{CELL}{'/' + leaf if leaf else ''}.log", **w)
+
+    # -- reports/ ---------------------------------------------------------------------------
+    def report(self, name: str) -> str:
+        """``table1.md``, ``main.md``, ``metrics.json`` or a file under ``figures/``."""
+        return f"{self.reports}/{name}"
+
+    def sample_grid(self, **w: Any) -> str:
+        return fill(
+            f"{self.reports}/figures/samples/{{dataset}}_{{arch}}_{{prior}}_{{mode}}_seed{{seed}}.png",
+            **w,
+        )
+
+
+__all__ = ["CELL", "DATA", "Layout", "dataset_file", "fill", "manifest_file"]

@@ -1,0 +1,401 @@
+"""The pipeline steps: one function per step, each doing the whole job of one rule.
+
+Every Snakemake rule calls exactly one of these through ``larsvae <command>`` (:mod:`larsvae.cli`
+only turns arguments into typed configs); tests and notebooks call them in-process:
+
+    prepare_data   dataset -> data/processed/{dataset}.npz + manifest
+    train          one cell: standard prior, joint LARS (Algorithm 1) or post-hoc LARS
+    estimate_z     one shard of the Monte Carlo estimate of Z = E_pi[a(z)] (Eq. A.3)
+    reduce_z       exact merge of a complete set of shards
+    evaluate       IWAE test NLL of one cell (LARS: with the reduced Z, Eq. A.7/A.14)
+    sample_grid    a PNG grid of model samples (LARS: ranked by a(z), best first)
+    report         Table 1, the main-job summary, metrics.json and the curve figure
+    toy2d          the 2-D illustration (LARS on toy densities)
+
+User errors raise :class:`larsvae.utils.UserError` (or ConfigError/DataError) with one line
+naming the file or key; every output is written atomically, so a failed step writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import LARS_PRIORS, EvalConfig, ModelConfig, TrainConfig, to_dict
+from .utils import UserError, atomic_write, atomic_write_text, derive_seed, file_sha256
+
+PathLike = str | os.PathLike
+#: derive_seed tags (distinct from every training step t >= 0)
+INIT_TAG, SAMPLE_TAG, EVAL_TAG = -1, -2, -3
+
+
+def write_json(path: PathLike, obj: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
+
+
+def existing_file(path: PathLike, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{what} {path}: no such file")
+    if not p.is_file():
+        raise UserError(f"{what} {path}: not a regular file")
+    return p
+
+
+def _read_json(path: PathLike, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(existing_file(path, what).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path}: not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{what} {path}: expected a JSON object")
+    return obj
+
+
+def load_dataset(path: PathLike) -> dict[str, Any]:
+    from . import data as data_mod
+
+    p = existing_file(path, "--dataset-file")
+    try:
+        return data_mod.load(p)
+    except data_mod.DataError:
+        raise
+    except Exception as exc:  # zip/npz/json decoding problems of a corrupt file
+        raise UserError(
+            f"--dataset-file {path}: cannot be read (corrupt dataset file?): "
+            f"{' '.join(str(exc).split())[:160]}"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------
+# data
+
+
+def prepare_data(dataset: str, out_dir: PathLike = "data/processed", mirrors: Sequence[str] = (),
+                 *, download: bool = True, registry: bool = True, seed: int | None = None) -> Path:
+    """Fetch, verify (sha256) and binarise ``dataset`` (:func:`larsvae.data.prepare.prepare`)."""
+    from .data import DEFAULT_SEED
+    from .data.prepare import prepare
+
+    return prepare(dataset, out_dir, mirrors, download=download, registry=registry,
+                   seed=DEFAULT_SEED if seed is None else seed)
+
+
+# ---------------------------------------------------------------------------------------
+# train
+
+
+def posthoc_model(init: PathLike, arch: str, mcfg: ModelConfig) -> torch.nn.Module:
+    """Post-hoc LARS (Sec. 4.1): the trained 'gaussian' standard model at ``init`` with its
+    N(0, I) replaced by a ResampledPrior over it; only a(z) stays trainable."""
+    from .checkpoint import load_checkpoint
+    from .models import build_model
+
+    ckpt = load_checkpoint(existing_file(init, "--init"))
+    meta = ckpt["meta"]
+    if meta.get("arch") != arch:
+        raise UserError(f"--init {init}: checkpoint of architecture {meta.get('arch')!r}, "
+                        f"but post-hoc training asked for {arch!r}")
+    if meta.get("prior") != "gaussian" or meta.get("mode", "standard") != "standard":
+        raise UserError(f"--init {init}: post-hoc training starts from a 'gaussian' standard "
+                        f"checkpoint, got prior {meta.get('prior')!r} mode {meta.get('mode')!r}")
+    for key in ("latent_dim", "hidden"):
+        theirs = meta.get("model_config", {}).get(key)
+        if theirs != getattr(mcfg, key):
+            raise UserError(f"--init {init}: checkpoint has model.{key} = {theirs!r}, but the "
+                            f"model params give {getattr(mcfg, key)!r}")
+    model = build_model(arch, "gaussian", mcfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise UserError(f"--init {init}: weights do not fit a {arch!r} model: "
+                        f"{' '.join(str(exc).split())[:160]}") from None
+    model.make_posthoc(mcfg)
+    return model
+
+
+def train(dataset_file: PathLike, arch: str, prior: str, seed: int, mcfg: ModelConfig,
+          tcfg: TrainConfig, out: PathLike, *, init: PathLike | None = None,
+          device: Any = "cpu", progress: bool = True, log_path: PathLike | None = None
+          ) -> dict[str, Any]:
+    """Train one cell; ``init`` (a 'gaussian' standard checkpoint) makes it post-hoc LARS.
+
+    Randomness: the initialisation uses ``derive_seed(seed, INIT_TAG)``, training step t
+    ``derive_seed(seed, t)`` (larsvae.train), so a cell is a pure function of its inputs."""
+    from .data import load_manifest
+    from .data.loaders import eval_tensor, train_stream
+    from .models import build_model
+    from .train import fit
+
+    if init is not None and prior != "lars":
+        raise UserError(f"--prior {prior!r}: post-hoc training learns a 'lars' prior")
+    data_path = existing_file(dataset_file, "--dataset-file")
+    data = load_dataset(data_path)
+    torch.manual_seed(derive_seed(seed, INIT_TAG))
+    if init is not None:
+        model = posthoc_model(init, arch, mcfg)
+    else:
+        model = build_model(arch, prior, mcfg)
+    model.to(device)
+    meta = {
+        "arch": arch,
+        "prior": prior,
+        "mode": "posthoc" if init is not None else "standard",
+        "dataset": data_path.stem,
+        "dataset_sha256": file_sha256(data_path),
+        "model_config": to_dict(mcfg),
+        "seed": seed,
+    }
+    if init is not None:
+        meta["base_prior"] = "gaussian"
+        meta["init_sha256"] = file_sha256(init)
+    valid = eval_tensor(data, "valid", device) if tcfg.eval_every > 0 and "valid" in data else None
+    stream = train_stream(data, load_manifest(data_path), tcfg.batch_size, seed, device)
+    return fit(model, stream, tcfg, out, seed=seed, meta=meta, valid=valid, progress=progress,
+               log_path=log_path)
+
+
+# ---------------------------------------------------------------------------------------
+# Z
+
+
+def _lars_model(checkpoint: PathLike, device: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+    from .checkpoint import is_lars, load_model
+
+    model, ckpt = load_model(existing_file(checkpoint, "--checkpoint"), device)
+    if not is_lars(ckpt["meta"]):
+        raise UserError(
+            f"--checkpoint {checkpoint}: prior {ckpt['meta'].get('prior')!r} has no normalising "
+            f"constant Z to estimate (only {', '.join(LARS_PRIORS)} do)"
+        )
+    return model, ckpt
+
+
+def estimate_z(checkpoint: PathLike, ecfg: EvalConfig, shard: int, num_shards: int,
+               out: PathLike, *, seed: int | None = None, device: Any = "cpu",
+               progress: bool = True) -> dict[str, Any]:
+    """Shard ``shard`` of ``num_shards`` of the Z estimate from ``ecfg.z_samples`` draws.
+
+    ``seed`` defaults to the checkpoint's; batch b's draws depend only on (seed, b), so the
+    shards merge into exactly the unsharded estimate (larsvae.zestimate)."""
+    from .zestimate import estimate_z as _estimate
+
+    if num_shards < 1:
+        raise UserError(f"--num-shards: expected an integer >= 1, got {num_shards}")
+    if not 0 <= shard < num_shards:
+        raise UserError(f"--shard: expected an integer in [0, {num_shards - 1}], got {shard}")
+    model, ckpt = _lars_model(checkpoint, device)
+    prior = model.top_prior
+    if (ecfg.z_antithetic and getattr(prior.proposal, "symmetric", False)
+            and (ecfg.z_batch % 2 or ecfg.z_samples % 2)):
+        raise UserError(f"evaluate.z_batch, evaluate.z_samples: must be even with "
+                        f"evaluate.z_antithetic (pairs z, -z), got {ecfg.z_batch} and "
+                        f"{ecfg.z_samples}")
+    seed = int(ckpt["meta"].get("seed", 0)) if seed is None else seed
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        est = _estimate(prior.acceptance, prior.proposal, ecfg.z_samples, ecfg.z_batch,
+                        antithetic=ecfg.z_antithetic, seed=seed, shard=shard,
+                        num_shards=num_shards, device=device, progress=progress)
+    result = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "shard": shard,
+        "num_shards": num_shards,
+        "seed": seed,
+        "z_samples": ecfg.z_samples,
+        "antithetic": est.antithetic,  # plain MC when the proposal is not symmetric
+        "estimate": est.to_dict(),
+        "wall_time_s": time.perf_counter() - t0,
+        "device": str(device),
+    }
+    write_json(out, result)
+    return result
+
+
+_SHARD_KEYS = ("checkpoint_sha256", "num_shards", "seed", "z_samples", "antithetic")
+
+
+def _read_shard(path: PathLike) -> dict[str, Any]:
+    from .zestimate import ZEstimate
+
+    obj = _read_json(path, "shard")
+    try:
+        obj["_est"] = ZEstimate.from_dict(obj["estimate"])
+        for key in ("shard", *_SHARD_KEYS):
+            obj[key]  # noqa: B018 - presence check
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"shard {path}: not a complete Z shard file ({exc!r})") from None
+    return obj
+
+
+def reduce_z(shards: Sequence[PathLike], out: PathLike) -> dict[str, Any]:
+    """Merge a complete set of shards of one run into ``z.json`` (mean, standard error)."""
+    from .zestimate import ZEstimate
+
+    objs = [(str(p), _read_shard(p)) for p in shards]
+    first_path, first = objs[0]
+    for path, obj in objs[1:]:
+        for key in _SHARD_KEYS:
+            if obj[key] != first[key]:
+                raise UserError(f"shard {path}: {key} = {obj[key]!r} differs from {first_path} "
+                                f"({first[key]!r}); shards of different runs cannot be merged")
+    n = first["num_shards"]
+    seen: dict[int, str] = {}
+    for path, obj in objs:
+        if obj["shard"] in seen:
+            raise UserError(f"shard {path}: duplicate of shard {obj['shard']} "
+                            f"({seen[obj['shard']]})")
+        seen[obj["shard"]] = path
+    missing = sorted(set(range(n)) - set(seen))
+    if missing or len(seen) != n:
+        raise UserError(f"reduce-z: incomplete set of shards: got {len(seen)} of {n}, "
+                        f"missing {missing}")
+    try:
+        merged = ZEstimate.merge([o["_est"] for _, o in sorted(objs, key=lambda s: s[1]["shard"])])
+    except ValueError as exc:  # e.g. shards written with different z_batch
+        raise UserError(f"reduce-z: shards of different runs cannot be merged: {exc}") from None
+    if not merged.complete:
+        have = {p.index for p in merged.partials}
+        lost = sorted(set(range(merged.num_batches)) - have)
+        raise UserError(f"reduce-z: the shards hold {len(have)} of {merged.num_batches} batches "
+                        f"(missing e.g. {lost[:5]}); rerun the incomplete shard(s)")
+    result = {key: first[key] for key in ("checkpoint", *_SHARD_KEYS)}
+    result.update(estimate=merged.to_dict(), z=merged.mean, z_stderr=merged.stderr,
+                  log_z=merged.log_mean)
+    write_json(out, result)
+    return result
+
+
+def read_z(path: PathLike, checkpoint: PathLike) -> Any:
+    """The ZEstimate of a ``z.json`` written by :func:`reduce_z` for ``checkpoint``."""
+    from .zestimate import ZEstimate
+
+    obj = _read_json(path, "--z")
+    try:
+        est = ZEstimate.from_dict(obj["estimate"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"--z {path}: not a Z file written by reduce-z ({exc!r})") from None
+    sha = obj.get("checkpoint_sha256")
+    if sha is not None and sha != file_sha256(checkpoint):
+        raise UserError(f"--z {path}: Z was estimated for another checkpoint than {checkpoint}")
+    if not math.isfinite(float(est.log_mean)):
+        raise UserError(f"--z {path}: Z estimate underflows (log Z = {est.log_mean}): every "
+                        "sampled acceptance probability was 0; the acceptance network is "
+                        "degenerate")
+    return est
+
+
+# ---------------------------------------------------------------------------------------
+# evaluate
+
+
+def evaluate(checkpoint: PathLike, dataset_file: PathLike, ecfg: EvalConfig, out: PathLike, *,
+             z: PathLike | None = None, device: Any = "cpu", progress: bool = True
+             ) -> dict[str, Any]:
+    """IWAE test NLL with ``ecfg.iwae_k`` samples; LARS priors use the Z of ``z``."""
+    from .checkpoint import is_lars, load_model
+    from .data.loaders import eval_tensor
+    from .evaluation import nll_summary
+
+    model, ckpt = load_model(existing_file(checkpoint, "--checkpoint"), device)
+    meta = ckpt["meta"]
+    lars = is_lars(meta)
+    z_est = None
+    if lars:
+        if z is None:
+            raise UserError(f"--z: required for a {meta.get('prior')!r} checkpoint")
+        z_est = read_z(z, checkpoint)
+        model.top_prior.set_log_z(float(z_est.log_mean))
+    elif z is not None:
+        raise UserError(f"--z {z}: prior {meta.get('prior')!r} has no Z to install")
+    x = eval_tensor(load_dataset(dataset_file), "test", device)
+    if ecfg.test_subset is not None:
+        x = x[: ecfg.test_subset]
+    t0 = time.perf_counter()
+    summary = nll_summary(
+        model, x, k=ecfg.iwae_k, batch_size=ecfg.iwae_batch, k_chunk=ecfg.iwae_k_chunk,
+        z_estimate=z_est, seed=derive_seed(int(meta.get("seed", 0)), EVAL_TAG),
+        progress=progress,
+    )
+    result: dict[str, Any] = {
+        **{k: meta.get(k) for k in ("dataset", "arch", "prior", "mode", "seed")},
+        "checkpoint": str(checkpoint),
+        **summary.to_dict(),
+        "wall_time_s": time.perf_counter() - t0,
+        "device": str(device),
+    }
+    if lars:
+        prior = model.top_prior
+        # proposals per accepted sample (1 - (1-Z)^T) / Z, and accepted / proposed
+        mean_prop = float(prior.expected_num_proposals())
+        result.update(log_z=float(z_est.log_mean), z=float(z_est.mean),
+                      z_stderr=float(z_est.stderr), z_samples=int(z_est.samples),
+                      truncation=meta["model_config"].get("truncation"),
+                      mean_proposals=mean_prop, acceptance_rate=1.0 / mean_prop)
+    write_json(out, result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# figures and reports
+
+
+def sample_grid(checkpoint: PathLike, n: int, seed: int, out: PathLike, *,
+                device: Any = "cpu") -> None:
+    """A PNG grid of ``n`` samples x ~ p(x|z) p(z) (LARS: the exact truncated sampler),
+    LARS samples ranked by a(z) (the paper's quality score, Sec. 5), best first."""
+    from torchvision.utils import save_image
+
+    from .checkpoint import load_model
+    from .distributions import ResampledPrior
+
+    if n < 1:
+        raise UserError(f"--n: expected an integer >= 1, got {n}")
+    model, _ = load_model(existing_file(checkpoint, "--checkpoint"), device)
+    torch.manual_seed(derive_seed(seed, SAMPLE_TAG))
+    with torch.no_grad():
+        prior = model.top_prior
+        z_top = prior.sample(n)
+        if isinstance(prior, ResampledPrior):
+            z_top = z_top[torch.argsort(prior.acceptance(z_top), descending=True)]
+        x = model.decode(z_top).float().cpu().view(-1, 1, 28, 28)
+    with atomic_write(out, "wb") as fh:
+        save_image(x, fh, nrow=max(1, math.ceil(math.sqrt(n))), format="png")
+
+
+def report(spec: dict[str, Any], table: PathLike, main: PathLike, metrics: PathLike,
+           curves: PathLike, root: PathLike = ".") -> None:
+    """Table 1 (ours beside the paper's), the main-job summary, metrics.json, curves."""
+    from .reports import figures, table1
+
+    root = Path(root)
+    cells = table1.load_results(spec, root)
+    now = table1.now_utc()
+    atomic_write_text(table, table1.render_table1(spec, cells, root, now))
+    atomic_write_text(main, table1.render_main(spec, cells, root, now))
+    atomic_write_text(metrics, json.dumps(table1.metrics(spec, cells), indent=2,
+                                          sort_keys=True) + "\n")
+    figures.plot_training_curves(spec, curves, root)
+    print(f"report: wrote {table}, {main}, {metrics}, {curves}", file=sys.stderr)
+
+
+__all__ = [
+    "estimate_z",
+    "evaluate",
+    "posthoc_model",
+    "prepare_data",
+    "read_z",
+    "reduce_z",
+    "report",
+    "sample_grid",
+    "train",
+]
