@@ -3,7 +3,9 @@ quadrature CDFs), and the number of proposals follows its closed form."""
 
 from __future__ import annotations
 
+import copy
 import math
+import random
 
 import numpy as np
 import pytest
@@ -12,6 +14,12 @@ from _helpers import strong_acceptance
 from scipy import stats
 
 from larsvae.distributions import AcceptanceMLP, ResampledPrior, StandardNormal
+from larsvae.distributions.lars import (
+    _acceptance_logits,
+    _AcceptanceLogits,
+    _cut_rows,
+    _FusedMLPLogits,
+)
 
 N = 100_000
 
@@ -111,3 +119,132 @@ def test_sampling_does_not_touch_z_or_build_graphs():
     before = float(prior.log_z)
     z = prior.sample(100)
     assert not z.requires_grad and float(prior.log_z) == before
+
+
+# -- the stream sampler's parts --------------------------------------------------------------
+
+
+def _sequential_rows(accepted: list[bool], truncation) -> list[tuple[int, int]]:
+    """Reference: (stream position where a row ends, its proposals), one proposal at a time."""
+    rows, count = [], 0
+    for i, a in enumerate(accepted):
+        count += 1
+        if a or count == truncation:
+            rows.append((i, count))
+            count = 0
+    return rows
+
+
+@pytest.mark.parametrize("truncation", [1, 2, 5, 100, None])
+@pytest.mark.parametrize("rate", [0.003, 0.05, 0.6])
+def test_cut_rows_is_sequential_rejection_sampling(truncation, rate):
+    """Cutting a stream block by block (any block sizes) gives the rows of the textbook loop."""
+    stream = torch.rand(20_000, generator=torch.Generator().manual_seed(0)) < rate
+    rng = random.Random(1)
+    got, pos, carry = [], 0, 0
+    while pos < stream.numel():
+        block = stream[pos : pos + rng.choice([1, 2, 3, 17, 99, 100, 101, 250, 4000])]
+        ends, num, carry = _cut_rows(block, carry, truncation)
+        got += [(pos + int(e), int(c)) for e, c in zip(ends, num, strict=True)]
+        pos += block.numel()
+    assert got == _sequential_rows(stream.tolist(), truncation)
+    if truncation is not None:
+        assert carry < truncation
+
+
+@pytest.mark.parametrize("hidden", [(), (16,), (100, 100)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_acceptance_logits_match_the_module(hidden, dtype):
+    torch.manual_seed(0)
+    acc = AcceptanceMLP(7, hidden).to(dtype)
+    with torch.no_grad():
+        for m in acc.net:
+            if isinstance(m, torch.nn.Linear):
+                m.bias.uniform_(-2.0, 2.0)
+    z = 2.0 * torch.randn(5000, 7, dtype=dtype)
+    ev = _acceptance_logits(acc)
+    assert isinstance(ev, _FusedMLPLogits)
+    with torch.no_grad():
+        ref = copy.deepcopy(acc).double()(torch.cat([z, -z]).double())
+    tol = 2e-5 if dtype == torch.float32 else 1e-12
+    scale = 1.0 + float(ref.abs().max())
+    assert float((ev(z).double() - ref[:5000]).abs().max()) < tol * scale
+    assert float((ev.pm(z).double() - ref).abs().max()) < tol * scale
+    assert float((ev.chunked(torch.cat([z, -z])).double() - ref).abs().max()) < tol * scale
+
+
+def test_fused_logits_only_for_a_plain_acceptance_mlp():
+    class Scaled(AcceptanceMLP):
+        def forward(self, z):
+            return 2.0 * super().forward(z)
+
+    assert type(_acceptance_logits(Scaled(3))) is _AcceptanceLogits
+    assert type(_acceptance_logits(torch.nn.Linear(3, 1))) is _AcceptanceLogits
+
+
+def rank_one_prior(dim: int, hidden, truncation, target_z: float, seed: int = 0):
+    """A float32 LARS prior whose acceptance depends on z through t = v.z only (|v| = 1):
+    then t's LARS density is 1-D (Eq. A.14 with pi = N(0, 1)) and Z is a quadrature."""
+    g = torch.Generator().manual_seed(seed)
+    acc = AcceptanceMLP(dim, hidden)
+    v = torch.randn(dim, generator=g)
+    v /= v.norm()
+    with torch.no_grad():
+        first = acc.net[0]
+        first.weight.copy_(torch.outer(2.0 * torch.randn(first.out_features, generator=g), v))
+        first.bias.copy_(torch.randn(first.out_features, generator=g))
+    t = torch.arange(-10.0, 10.0 + 5e-4, 1e-3, dtype=torch.float64)
+    phi = torch.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)
+
+    def log_z_at(bias: float) -> float:
+        ref = copy.deepcopy(acc).double()
+        with torch.no_grad():
+            ref.net[-1].bias.fill_(bias)
+            a = torch.sigmoid(ref(t[:, None] * v.double()))
+        return math.log(float((phi * a).sum()) * 1e-3)
+
+    lo, hi = -30.0, 30.0  # the output bias that gives Z = target_z, by bisection
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if log_z_at(mid) < math.log(target_z) else (lo, mid)
+    with torch.no_grad():
+        acc.net[-1].bias.fill_(lo)
+    prior = ResampledPrior(StandardNormal(dim), acc, truncation)
+    prior.set_log_z(log_z_at(lo))
+    ref = copy.deepcopy(acc).double()
+    with torch.no_grad():
+        a = torch.sigmoid(ref(t[:, None] * v.double()))
+    z = prior.z
+    if truncation is None:
+        dens = phi * a / z
+    else:
+        tail = (1 - z) ** (truncation - 1)
+        dens = phi * (a * (1 - tail) / z + tail)
+    cdf = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(dens, 0)[1:] * 1e-3])
+    cdf = (cdf / cdf[-1]).numpy()
+    return prior, v, lambda x: np.interp(x, t.numpy(), cdf)
+
+
+@pytest.mark.parametrize("truncation", [100, None])
+def test_float32_mlp_prior_in_high_dimension_ks(truncation):
+    """The fused float32 path, with Z ~ 0.02 (about 50 proposals a row): t = v.z follows its
+    1-D LARS density, a direction orthogonal to v stays N(0, 1)."""
+    prior, v, cdf = rank_one_prior(20, (32, 32), truncation, 0.02)
+    z, counts = prior.sample(
+        20_000, generator=torch.Generator().manual_seed(3), return_num_proposals=True
+    )
+    assert z.dtype == torch.float32 and z.shape == (20_000, 20)
+    t = (z.double() @ v.double()).numpy()
+    assert stats.kstest(t, cdf).pvalue > 1e-3
+    w = torch.randn(20, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    w -= (w @ v.double()) * v.double()
+    assert stats.kstest((z.double() @ (w / w.norm())).numpy(), "norm").pvalue > 1e-3
+    c = counts.double()
+    assert abs(float(c.mean()) - prior.expected_num_proposals()) < 4 * float(c.std()) / 141.0
+
+
+@pytest.mark.parametrize("max_block", [2, 150])
+def test_tiny_blocks_are_still_exact(max_block):
+    prior = make_prior(1, 10)
+    z = prior.sample(5_000, generator=torch.Generator().manual_seed(8), max_block=max_block)
+    assert stats.kstest(z[:, 0].numpy(), quadrature_cdf(prior)).pvalue > 1e-3

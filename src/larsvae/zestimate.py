@@ -4,8 +4,9 @@ The paper evaluates test log-likelihoods with Z estimated from S = 1e10 proposal
 (Section 5, Appendix A.4), because the truncated density (Eq. A.14) and the infinite one
 (Eq. A.7) both depend on Z. This module computes that estimate in batches:
 
-- batch ``b`` draws its samples from a generator seeded by a hash of ``(seed, b)``, so any
-  shard can reproduce its batches, independently of how the work is split;
+- batch ``b`` draws its samples from a generator seeded with
+  ``derive_seed(seed, Z_STREAM, b)``, so any shard can reproduce its batches, independently
+  of how the work is split;
 - shard ``i`` of ``n`` processes a contiguous range of batch indices;
 - each batch contributes float64 partial sums; :meth:`ZEstimate.merge` combines shards with
   exactly-rounded summation (``math.fsum``), so the merged estimate is bitwise identical to
@@ -14,12 +15,19 @@ The paper evaluates test log-likelihoods with Z estimated from S = 1e10 proposal
   with value (a(z) + a(-z)) / 2, which lowers the variance when a(z) and a(-z) are negatively
   correlated (e.g. an acceptance that is monotone along some direction).
 
-Streams are reproducible per device type (CPU and CUDA generators differ).
+Speed (``bench/run.py --only z``): a batch is evaluated in chunks whose activations stay in
+the CPU's L2 cache, in reused buffers, and an :class:`~larsvae.distributions.AcceptanceMLP`
+runs as a fused sigmoid network (see ``distributions.lars._FusedMLPLogits``; the first layer
+of -z reuses the product W z of z). Logits stay in the module's dtype (float32); a(z) and
+every sum are float64.
+
+Streams are reproducible per device type (CPU and CUDA generators differ) and per batch
+size; the bits of a batch may also depend on the BLAS and thread count, so shards to be
+merged should run in one software environment.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from collections.abc import Iterable, Mapping
@@ -29,9 +37,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from larsvae.utils import module_device, progress_bar
+from larsvae.distributions.lars import _acceptance_logits, _chunk_rows
+from larsvae.utils import derive_seed, module_device, progress_bar
 
 FORMAT = "larsvae.zestimate/1"
+#: Middle part of every batch seed, derive_seed(seed, Z_STREAM, batch): keeps Z streams apart
+#: from other streams derived from the same run seed.
+Z_STREAM = 0x5A
 
 
 @dataclass(frozen=True)
@@ -189,12 +201,6 @@ class ZEstimate:
         return est
 
 
-def _batch_seed(seed: int, batch: int) -> int:
-    """A 63-bit generator seed depending only on (seed, batch), stable across platforms."""
-    h = hashlib.blake2b(f"larsvae-z:{seed}:{batch}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
 def _check_int(name: str, v: Any, minimum: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {v!r}")
@@ -221,7 +227,8 @@ def estimate_z(
         acceptance: z (B, D) -> logit (B,), evaluated in the module's dtype (float32
             normally); a(z) = sigmoid(logit) is computed in float64 (a float32 sigmoid
             underflows to 0 below ~1e-45, i.e. logits below ~-103, and Z with it), and every
-            per-batch sum is accumulated in float64.
+            per-batch sum is accumulated in float64. A plain ``AcceptanceMLP`` is evaluated
+            by a fused equivalent network (same function, float32 rounding differs).
         proposal: has ``sample(n, generator=...)``; ``symmetric = True`` allows antithetic pairs.
         num_samples: proposal evaluations in the whole (unsharded) run.
         batch_size: proposal evaluations per batch (the last batch may be smaller).
@@ -229,7 +236,7 @@ def estimate_z(
             not, this falls back to plain Monte Carlo with a warning (the returned estimate's
             ``antithetic`` says what was used). With pairs, batch_size and num_samples must
             be even.
-        seed: batch b uses a generator seeded by a hash of (seed, b).
+        seed: batch b uses a generator seeded with ``derive_seed(seed, Z_STREAM, b)``.
         shard, num_shards: process the contiguous batch range of shard ``shard`` of
             ``num_shards``; merge the shards with :meth:`ZEstimate.merge`.
         device: if given, both modules are moved there (in place); samples and generators
@@ -262,6 +269,10 @@ def estimate_z(
     num_batches = -(-num_samples // batch_size)
     start = shard * num_batches // num_shards
     stop = (shard + 1) * num_batches // num_shards
+    logits = _acceptance_logits(acceptance)
+    per_unit = 2 if antithetic else 1
+    chunk = max(1, _chunk_rows(dev) // per_unit)  # units per evaluation of the network
+    x_all = torch.empty(min(batch_size, num_samples) // per_unit, dtype=torch.float64, device=dev)
     bar = progress_bar(
         stop - start, desc=f"Z shard {shard}/{num_shards}", enabled=progress, unit="batch"
     )
@@ -270,14 +281,16 @@ def estimate_z(
         for b in range(start, stop):
             size = min(batch_size, num_samples - b * batch_size)  # evaluations in this batch
             gen = torch.Generator(device=dev)
-            gen.manual_seed(_batch_seed(seed, b))
-            if antithetic:
-                z = proposal.sample(size // 2, generator=gen)
-                a = torch.sigmoid(acceptance(torch.cat([z, -z])).double())
-                x = 0.5 * (a[: size // 2] + a[size // 2 :])
-            else:
-                z = proposal.sample(size, generator=gen)
-                x = torch.sigmoid(acceptance(z).double())
+            gen.manual_seed(derive_seed(seed, Z_STREAM, b))
+            x = x_all[: size // per_unit]  # the batch's i.i.d. units
+            for lo in range(0, x.numel(), chunk):
+                k = min(chunk, x.numel() - lo)
+                z = proposal.sample(k, generator=gen)  # (k, D)
+                if antithetic:
+                    a = torch.sigmoid(logits.pm(z).double())  # (2k,): z, then -z
+                    torch.add(a[:k], a[k:], out=x[lo : lo + k]).mul_(0.5)
+                else:
+                    x[lo : lo + k] = torch.sigmoid(logits(z).double())
             s = x.sum()
             stats = torch.stack([s, (x * x).sum(), (x - s / x.numel()).pow(2).sum()]).tolist()
             partials.append(BatchPartial(b, x.numel(), size, *stats))
