@@ -20,7 +20,6 @@ from torch import nn
 from larsvae.config import ModelConfig
 from larsvae.distributions import AcceptanceMLP, ResampledPrior, StandardNormal
 from larsvae.evaluation import (
-    _StreamingLogSumExp,
     dlogp_dlogz,
     iwae_log_likelihood,
     nll_summary,
@@ -38,11 +37,14 @@ class LinearGaussian(nn.Module):
     """p(z) = N(0, I_d), p(x|z) = N(Wz + b, sigma^2 I_D) with q(z|x) either the exact
     posterior or a deliberately imperfect diagonal Gaussian (shifted mean, inflated std).
 
-    Same ``log_weights(x, k, generator=None)`` interface as the VAE family.
+    Same ``log_weights(x, k, generator=None, noise=None)`` interface as the VAE family.
     """
+
+    num_layers = 1
 
     def __init__(self, d=2, D=4, sigma=0.5, exact=False, shift=0.5, std_scale=1.3, seed=0):
         super().__init__()
+        self.latent_dim = d
         g = torch.Generator().manual_seed(seed)
         dt = torch.float64
         self.register_buffer("W", torch.randn(D, d, generator=g, dtype=dt))
@@ -77,8 +79,11 @@ class LinearGaussian(nn.Module):
             self.q_mean(x).unsqueeze(1), scale_tril=self.q_tril
         )
 
-    def log_weights(self, x, k, generator=None):
-        eps = torch.randn(x.shape[0], k, self.d, generator=generator, dtype=x.dtype)
+    def log_weights(self, x, k, generator=None, *, noise=None):
+        if noise is None:
+            eps = torch.randn(x.shape[0], k, self.d, generator=generator, dtype=x.dtype)
+        else:
+            eps = noise[:, 0]  # (B, k, d)
         z = self.q_mean(x).unsqueeze(1) + eps @ self.q_tril.T  # (B, K, d)
         return self.log_joint(x, z) - self.q(x).log_prob(z)
 
@@ -163,20 +168,70 @@ def test_iwae_is_seeded_and_restores_training_mode():
         iwae_log_likelihood(model, x, k=50, k_chunk=0)
 
 
-def test_streaming_logsumexp_matches_one_shot_including_extremes():
-    g = torch.Generator().manual_seed(0)
-    log_w = torch.randn(4, 1000, generator=g, dtype=torch.float64) * 30
-    log_w[0] -= 1e4  # all tiny: must not underflow to -inf
-    log_w[1, 500:] += 2e3  # a late chunk dominates: earlier chunks must be rescaled
-    log_w[2, :] = -math.inf
-    log_w[2, 17] = -5.0  # a single finite weight
-    vals = torch.randn(4, 1000, generator=g, dtype=torch.float64)
-    acc = _StreamingLogSumExp(4, torch.device("cpu"))
-    for j in range(0, 1000, 77):
-        acc.update(log_w[:, j : j + 77], vals[:, j : j + 77])
-    torch.testing.assert_close(acc.logsumexp(), torch.logsumexp(log_w, 1), rtol=1e-13, atol=0)
-    weights = torch.softmax(log_w, 1)
-    torch.testing.assert_close(acc.weighted_mean(), (weights * vals).sum(1), rtol=1e-10, atol=1e-12)
+class ShiftedLinearGaussian(LinearGaussian):
+    """Every log weight shifted by ``shift``: log p(x) shifts by exactly the same."""
+
+    def __init__(self, shift):
+        super().__init__(exact=True)
+        self.shift = shift
+
+    def log_weights(self, x, k, generator=None, *, noise=None):
+        return super().log_weights(x, k, generator, noise=noise) + self.shift
+
+
+@pytest.mark.parametrize("shift", [-1e4, 2e3])
+def test_logsumexp_keeps_extreme_weights(shift):
+    """All weights tiny (log w ~ -1e4: exp underflows) or huge: the float64 log-sum-exp
+    is exact."""
+    model = ShiftedLinearGaussian(shift)
+    x = _data(model, n=3)
+    est = iwae_log_likelihood(model, x, k=200, batch_size=2, k_chunk=30, seed=0)
+    torch.testing.assert_close(est, model.exact_log_px(x) + shift, rtol=0, atol=1e-9)
+
+
+def _vae(arch="vae", seed=0, prior="gaussian"):
+    cfg = ModelConfig(latent_dim=8, hidden=32, acceptance_hidden=(16, 16))
+    torch.manual_seed(seed)
+    return build_model(arch, prior, cfg)
+
+
+@pytest.mark.parametrize("arch", ["vae", "hvae"])
+def test_iwae_matches_the_per_point_loop_for_any_chunking(arch):
+    """The noise is drawn point by point, so chunking never changes the estimate: every
+    (batch_size, k_chunk) gives the numbers of log_weights(x_i, k, generator) called point
+    after point with the same generator (k * L * d = 64 * 8 * L, a multiple of 16), up to
+    float32 rounding: the encoder runs on several points at once here (another BLAS
+    kernel than for one point; at K = 1000 on the CPU it is one point per call, bitwise)."""
+    model = _vae(arch).eval()
+    x = _x(5).float()
+    k = 64
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        loop = torch.stack(
+            [
+                torch.logsumexp(model.log_weights(x[i : i + 1], k, generator=g)[0].double(), 0)
+                for i in range(5)
+            ]
+        ) - math.log(k)
+    for batch, chunk in ((1, 1), (2, 7), (5, 64), (100, 1000)):
+        est = iwae_log_likelihood(model, x, k=k, batch_size=batch, k_chunk=chunk, seed=3)
+        torch.testing.assert_close(est, loop, rtol=1e-6, atol=0)  # |log p| ~ 540 here
+
+
+def test_evaluation_path_equals_the_training_path_up_to_rounding():
+    """Without autograd the VAE sums log p(x|z) another way (x.l from the last hidden layer,
+    tanh via sigmoid on the CPU, cache-sized tiles); it is the same function of the noise,
+    also for logits far beyond the softplus threshold."""
+    model = _vae().eval()
+    with torch.no_grad():
+        model.decoder[-1].weight.mul_(40.0)  # logits of several hundred
+    x = _x(3).float()
+    noise = torch.randn(3, 1, 300, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast = model.log_weights(x, 300, noise=noise)
+    plain = model.log_weights(x, 300, noise=noise).detach()  # autograd on: the modules as is
+    assert plain.abs().max() > 1e3
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-4)
 
 
 # -- Z sensitivity (LARS) ----------------------------------------------------------------

@@ -2,9 +2,10 @@
 
     log p(x) ~= log (1/K) sum_k p(x, z_k) / q(z_k|x),   z_k ~ q(z|x)        (Burda et al., 2016)
 
-with K = 1000 in the paper (Sec. 5). The estimate is computed in chunks of data points and
-of importance samples so that memory stays bounded for any K; chunks are combined by a
-streaming log-sum-exp in float64.
+with K = 1000 in the paper (Sec. 5). The posterior noise of a block of data points is drawn
+at once, K samples per point, so the numbers do not depend on how the samples are chunked;
+the log weights are computed in tiles of (point, sample) pairs and reduced by a float64
+log-sum-exp. On the CPU a tile is about a thousand pairs whatever the chunk sizes.
 
 For LARS priors the log density depends on the normalising constant Z (Eq. A.7 / A.14),
 which is itself estimated (:mod:`larsvae.zestimate`). :func:`nll_summary` propagates its
@@ -28,6 +29,13 @@ from torch import nn
 
 from larsvae.distributions.lars import _LOG_Z_MAX  # Z is capped just below 1 (Eq. A.14)
 from larsvae.utils import module_tensor, progress_bar
+
+#: (point, sample) pairs per ``log_weights`` call on the CPU: about one point's K = 1000,
+#: as the per-image loop, so per-point work (the encoder) is paid once per point; the VAE
+#: decoder splits a call into cache-sized tiles itself (models.vae.CPU_TILE_ROWS).
+CPU_CALL_ROWS = 1024
+#: ... and at least this many on an accelerator, which wants large calls.
+MIN_DEVICE_ROWS = 4096
 
 
 def _lars_prior(model: nn.Module):
@@ -69,32 +77,13 @@ def dlogp_dlogz(prior: nn.Module, z: torch.Tensor) -> torch.Tensor:
     return num / den
 
 
-class _StreamingLogSumExp:
-    """Running log sum_k exp(l_k) per row (and sum_k exp(l_k) g_k), in float64."""
-
-    def __init__(self, rows: int, device: torch.device):
-        self.m = torch.full((rows,), -math.inf, dtype=torch.float64, device=device)
-        self.s = torch.zeros(rows, dtype=torch.float64, device=device)
-        self.t = torch.zeros(rows, dtype=torch.float64, device=device)
-
-    def update(self, log_w: torch.Tensor, g: torch.Tensor | None = None) -> None:
-        """log_w: (rows, k) log terms; g: optional (rows, k) values to average with weights."""
-        log_w = log_w.double()
-        m_new = torch.maximum(self.m, log_w.max(dim=1).values)
-        shift = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
-        scale = torch.exp(self.m - shift)
-        w = torch.exp(log_w - shift[:, None])
-        self.s = self.s * scale + w.sum(1)
-        if g is not None:
-            self.t = self.t * scale + (w * g.double()).sum(1)
-        self.m = shift
-
-    def logsumexp(self) -> torch.Tensor:
-        return self.m + torch.log(self.s)
-
-    def weighted_mean(self) -> torch.Tensor:
-        """sum_k w~_k g_k with self-normalised weights w~_k."""
-        return self.t / self.s
+def _tiles(nb: int, k: int, batch_size: int, k_chunk: int, device: torch.device):
+    """(points, samples) per ``log_weights`` call: a tile of at most ``rows`` (point,
+    sample) pairs, one point's samples in pieces or several points' whole sets. ``rows``
+    is CPU_CALL_ROWS on the CPU, else batch_size * k_chunk (at least MIN_DEVICE_ROWS)."""
+    rows = CPU_CALL_ROWS if device.type == "cpu" else max(batch_size * k_chunk, MIN_DEVICE_ROWS)
+    k_tile = min(k, rows)
+    return max(1, min(nb, rows // k_tile)), k_tile
 
 
 def _iwae(
@@ -127,31 +116,41 @@ def _iwae(
     n = x.shape[0]
     log_px = torch.empty(n, dtype=torch.float64)
     sens = torch.zeros(n, dtype=torch.float64) if sensitivity else None
-    starts = range(0, n, batch_size)
-    bar = progress_bar(
-        len(starts) * math.ceil(k / k_chunk), desc="IWAE", enabled=progress, unit="chunk"
-    )
+    noise_shape = (model.num_layers, k, model.latent_dim)
+    b_tile, k_tile = _tiles(min(n, batch_size), k, batch_size, k_chunk, ref.device)
+    bar = progress_bar(n, desc="IWAE", enabled=progress, unit="image")
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for i in starts:
+            for i in range(0, n, batch_size):
                 xb = x[i : i + batch_size].to(device=ref.device, dtype=ref.dtype)
-                acc = _StreamingLogSumExp(xb.shape[0], ref.device)
-                for j in range(0, k, k_chunk):
-                    kc = min(k_chunk, k - j)
-                    if prior is None:
-                        acc.update(model.log_weights(xb, kc, generator=generator))
-                    else:
-                        log_w, z_top = model.log_weights(
-                            xb, kc, generator=generator, return_top_latent=True
-                        )
-                        g = dlogp_dlogz(prior, z_top.reshape(-1, z_top.shape[-1]))
-                        acc.update(log_w, g.view(log_w.shape))
-                    bar.update(1)
-                log_px[i : i + xb.shape[0]] = (acc.logsumexp() - math.log(k)).cpu()
+                nb = xb.shape[0]
+                # (B, L, K, d), filled point by point and layer by layer: log_weights(x_i, k,
+                # generator) for one point after the other would draw the same numbers.
+                noise = torch.randn(
+                    (nb, *noise_shape), generator=generator, device=ref.device, dtype=ref.dtype
+                )
+                log_w = torch.empty(nb, k, dtype=ref.dtype, device=ref.device)
+                g = torch.empty(nb, k, dtype=torch.float64, device=ref.device)
+                for b in range(0, nb, b_tile):
+                    for j in range(0, k, k_tile):
+                        eps = noise[b : b + b_tile, :, j : j + k_tile]
+                        tile = (slice(b, b + b_tile), slice(j, j + k_tile))
+                        if prior is None:
+                            log_w[tile] = model.log_weights(xb[tile[0]], eps.shape[2], noise=eps)
+                        else:
+                            log_w[tile], z_top = model.log_weights(
+                                xb[tile[0]], eps.shape[2], return_top_latent=True, noise=eps
+                            )
+                            z_flat = z_top.reshape(-1, z_top.shape[-1])
+                            g[tile] = dlogp_dlogz(prior, z_flat).view(z_top.shape[:2])
+                    bar.update(min(b_tile, nb - b))
+                log_w = log_w.double()
+                log_px[i : i + nb] = (torch.logsumexp(log_w, 1) - math.log(k)).cpu()
                 if sens is not None and prior is not None:
-                    sens[i : i + xb.shape[0]] = acc.weighted_mean().cpu()
+                    # sum_k w~_k g_k with self-normalised weights w~_k
+                    sens[i : i + nb] = (torch.softmax(log_w, 1) * g).sum(1).cpu()
     finally:
         model.train(was_training)
         bar.close()
@@ -171,12 +170,17 @@ def iwae_log_likelihood(
 ) -> torch.Tensor:
     """IWAE estimate of log p(x) per data point (Burda et al., 2016): (N,) float64, on CPU.
 
-    ``model.log_weights(x, k, generator=...)`` supplies (B, k) log weights; they are drawn
-    ``k_chunk`` at a time for ``batch_size`` data points and combined by a streaming
-    float64 log-sum-exp, so peak memory is set by batch_size * k_chunk, never by k. Runs
-    in eval mode under ``no_grad`` (LARS uses its stored Z) and restores the mode after.
-    ``seed`` makes a fresh generator on the model's device; with neither ``seed`` nor
-    ``generator`` the global RNG is used. NLL = -mean.
+    ``model.log_weights(x, k, noise=eps)`` supplies (B, k) log weights for given standard
+    normals eps (B, L, k, d) (L = ``model.num_layers``, d = ``model.latent_dim``). The
+    noise of ``batch_size`` points is drawn at once, point after point, so the estimate does
+    not depend on ``k_chunk``; on the CPU its numbers are those of ``model.log_weights(x_i,
+    k, generator)`` called point after point whenever L*k*d is a multiple of 16 (torch.randn
+    fills 16 values at a time). The weights of batch_size * k_chunk (point, sample) pairs
+    are computed per call (on the CPU about CPU_CALL_ROWS, whatever the chunks) and reduced
+    by a float64 log-sum-exp. Peak memory: batch_size * k * (L*d + 1) numbers plus one
+    call's activations. Runs in eval mode under ``no_grad`` (LARS uses its stored Z) and
+    restores the mode after. ``seed`` makes a fresh generator on the model's device; with
+    neither ``seed`` nor ``generator`` the global RNG is used. NLL = -mean.
     """
     return _iwae(model, x, k, batch_size, k_chunk, generator, seed, progress, False)[0]
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..objectives import mlp_forward
 from ..utils import module_device
 from .base import Prior
 
@@ -84,6 +85,11 @@ def lars_log_density(
     return (log_pi64 + torch.logaddexp(log_a64 + log_head - log_z, log_tail)).to(out_dtype)
 
 
+def _capturing(t: Tensor) -> bool:
+    """Inside a CUDA graph capture, where reading a value back to the host is illegal."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 class AcceptanceMLP(nn.Module):
     """The acceptance function a(z) = sigmoid(MLP(z)) (Appendix C.2: MLP[d-100-100-1], tanh).
 
@@ -112,7 +118,7 @@ class AcceptanceMLP(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         """Logit of a(z). z: (B, D) -> (B,)"""
-        return self.net(z).squeeze(-1)
+        return mlp_forward(self.net, z).squeeze(-1)  # the CPU-fast tanh of objectives
 
 
 class ResampledPrior(Prior):
@@ -274,24 +280,24 @@ class ResampledPrior(Prior):
         log_a = F.logsigmoid(self.acceptance(z))  # (B,)
 
         zs = self._draw_proposal(S, generator)  # (S, D)
-        log_a_s = F.logsigmoid(self.acceptance(zs)).double()
+        if log_q is not None and log_q.shape != log_pi.shape:
+            raise ValueError(
+                f"log_q: expected shape {tuple(log_pi.shape)}, got {tuple(log_q.shape)}"
+            )
+        # a(z_r) for Z_r,curr (gradient to a's parameters, not to z_r) and a(z_s) in one call
+        n_r = z.shape[0] if log_q is not None else 0
+        log_a_rs = F.logsigmoid(self.acceptance(torch.cat([z.detach()[:n_r], zs]))).double()
+        log_a_r, log_a_s = log_a_rs[:n_r], log_a_rs[n_r:]  # (B,), (S,)
         log_z_s = torch.logsumexp(log_a_s, 0) - math.log(S)  # scalar, log Z_S
         if log_q is None:
             log_z_curr = log_z_s.expand(log_pi.shape)
         else:
-            if log_q.shape != log_pi.shape:
-                raise ValueError(
-                    f"log_q: expected shape {tuple(log_pi.shape)}, got {tuple(log_q.shape)}"
-                )
             log_w = log_pi.detach().double() - log_q.detach().double()
-            log_a_r = F.logsigmoid(self.acceptance(z.detach())).double()
             log_z_curr = torch.logaddexp(math.log(S) + log_z_s, log_w + log_a_r) - math.log(S + 1)
 
         with torch.no_grad():
-            if bool(self.log_z_initialised):
-                log_running = self.log_z
-            else:
-                log_running = log_z_s.detach()
+            # <Z> starts at Z_S; a select, not a branch, so no host sync (and CUDA graphs)
+            log_running = torch.where(self.log_z_initialised, self.log_z, log_z_s)
             log_keep = math.log1p(-self.eps) if self.eps < 1.0 else -math.inf
             log_z_smooth = torch.logaddexp(
                 log_keep + log_running, math.log(self.eps) + log_z_curr.detach()
@@ -300,7 +306,11 @@ class ResampledPrior(Prior):
         ratio = torch.exp(log_z_curr - log_z_smooth)
         log_z_r = log_z_smooth + (ratio - ratio.detach())
 
-        if self.truncation is not None and bool((log_z_smooth > 0).any()):
+        if (
+            self.truncation is not None
+            and not _capturing(log_z_smooth)
+            and bool((log_z_smooth > 0).any())
+        ):
             warnings.warn(
                 # A constant message, so the default filter reports it once, not every step;
                 # the values are in ``last_log_z_smooth``.
