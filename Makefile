@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup main test lint bench clean-smoke
+.PHONY: setup main test lint format bench reliability clean-smoke
 
 setup:
 	bash scripts/setup_env.sh
@@ -17,7 +17,15 @@ main: setup
 
 lint: setup
 	$(BIN)/ruff check src tests bench workflow/scripts
+	$(BIN)/ruff format --check src tests bench workflow/scripts
 	$(BIN)/snakemake --lint --configfile params/quick.yaml
+
+format: setup
+	$(BIN)/ruff format src tests bench workflow/scripts
+
+# regenerate the committed reports/reliability.md from real runs (the test suite never writes it)
+reliability: setup
+	LARSVAE_WRITE_REPORTS=1 $(BIN)/python -m pytest -q tests/test_reliability_report.py
 
 test: setup lint
 	$(BIN)/python -m pytest -q --timeout=1500 $(PYTEST_ARGS)

@@ -14,6 +14,7 @@ status 2 (a diverged training run: status 1), never a traceback.
                          --out nll.json
     larsvae sample       --checkpoint CKPT --n 64 --out samples.png
     larsvae report       --spec JSON --table T.md --main M.md --metrics M.json --curves C.png
+    larsvae toy2d        --out fig.png [--steps 2000] [--seed 0]
 """
 
 from __future__ import annotations
@@ -117,6 +118,12 @@ def cmd_report(a: argparse.Namespace) -> None:
     steps.report(spec, a.table, a.main, a.metrics, a.curves, a.root)
 
 
+def cmd_toy2d(a: argparse.Namespace) -> None:
+    from . import steps
+
+    steps.toy2d(a.out, a.steps, a.seed, progress=not a.no_progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Resampled priors (LARS) for VAEs: pipeline steps.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -176,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
+
+    y = command("toy2d", cmd_toy2d, "the 2-D illustration (LARS on toy densities)")
+    y.add_argument("--out", required=True, help="PNG (a JSON summary is written beside it)")
+    y.add_argument("--steps", type=int, default=2000)
+    y.add_argument("--seed", type=int, default=0)
 
     rp = command("report", cmd_report, "Table 1, main.md, metrics.json, curves", False)
     rp.add_argument("--spec", required=True, help="JSON: name, seeds, budget, cells")

@@ -115,6 +115,8 @@ class ReportConfig:
     """Figures that read only trained models (no training or evaluation key)."""
 
     samples: int = _key(64, "report", "images in each model's sample grid", lo=1)
+    toy2d_steps: int = _key(2000, "report", "Adam steps per target of the 2-D figure", lo=1)
+    toy2d_seed: int = _key(0, "report", "seed of the 2-D figure", lo=0)
 
 
 #: params-file section -> dataclass (``posthoc`` shares TrainConfig with ``train``).
@@ -258,6 +260,7 @@ def step_keys(step: str, prior: str = "gaussian") -> dict[str, tuple[str, ...]]:
                                          if k != "z_shards")},  # z_shards names the outputs
         "evaluate": {"evaluate": _group_keys(EvalConfig, ("iwae",))},
         "sample": {"report": ("samples",)},
+        "toy2d": {"report": ("toy2d_steps", "toy2d_seed")},
     }
     if step not in table:
         raise ConfigError(f"step: unknown value {step!r} (expected one of: {', '.join(table)})")
@@ -398,6 +401,7 @@ class Params:
     seeds: tuple[int, ...]
     sections: dict[str, dict[str, Any]]  # dataset -> section -> config (overrides applied)
     raw: dict[str, dict[str, dict[str, Any]]]  # dataset -> section -> merged plain dict
+    top: dict[str, dict[str, Any]]  # section -> plain dict without overrides (all defaults)
     cells: tuple[Cell, ...]
 
     def section(self, name: str, dataset: str) -> Any:
@@ -437,6 +441,7 @@ def parse_params(d: Mapping[str, Any]) -> Params:
         seeds=tuple(int(s) for s in d["seeds"]),
         sections=sections,
         raw=raw,
+        top={name: to_dict(parse(cls, d[name], name)) for name, cls in SECTIONS.items()},
         cells=tuple(cells),
     )
 

@@ -388,6 +388,19 @@ def report(spec: dict[str, Any], table: PathLike, main: PathLike, metrics: PathL
     print(f"report: wrote {table}, {main}, {metrics}, {curves}", file=sys.stderr)
 
 
+def toy2d(out: PathLike, steps: int, seed: int, *, progress: bool = True) -> dict[str, Any]:
+    """The 2-D illustration: LARS fitted to ring / two moons / checkerboard (Sec. 3, Eq. 5);
+    writes the figure and ``<out>.json`` (per target: test NLL of the fit, N(0, I), the
+    target itself; Z and its standard error)."""
+    from .toy2d import make_figure
+
+    if steps < 1:
+        raise UserError(f"--steps: expected an integer >= 1, got {steps}")
+    summary = make_figure(Path(out), steps=steps, seed=seed, progress=progress)
+    write_json(Path(out).with_suffix(".json"), {"steps": steps, "seed": seed, **summary})
+    return summary
+
+
 __all__ = [
     "estimate_z",
     "evaluate",
@@ -397,5 +410,6 @@ __all__ = [
     "reduce_z",
     "report",
     "sample_grid",
+    "toy2d",
     "train",
 ]

@@ -155,5 +155,8 @@ def report_spec(wildcards):
 
 
 def all_targets():
-    """The default target (and what the DVC stages build): reports + one sample grid per cell."""
-    return list(REPORTS.values()) + [L.sample_grid(**vars(c)) for c in P.cells]
+    """The default target (and what the DVC stages build): reports, the 2-D figure and one
+    sample grid per cell."""
+    return [*REPORTS.values(), L.report("figures/fig2d_lars_toy.png")] + [
+        L.sample_grid(**vars(c)) for c in P.cells
+    ]

@@ -38,3 +38,24 @@ rule sample_grid:
     shell:
         "OMP_NUM_THREADS={threads} larsvae sample --threads {threads} --checkpoint {input:q}"
         " --n {params.n} --seed {wildcards.seed} --device cpu --out {output:q} > {log:q} 2>&1"
+
+
+rule toy2d:
+    """The 2-D illustration (Sec. 3): LARS over N(0, I) fitted to three toy densities."""
+    output:
+        png=L.report("figures/fig2d_lars_toy.png"),
+        summary=L.report("figures/fig2d_lars_toy.json"),
+    log:
+        f"{P.runs}/logs/toy2d.log",
+    params:
+        steps=P.top["report"]["toy2d_steps"],
+        seed=P.top["report"]["toy2d_seed"],
+    conda:
+        "../envs/larsvae.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "OMP_NUM_THREADS={threads} larsvae toy2d --threads {threads} --device cpu"
+        " --steps {params.steps} --seed {params.seed} --out {output.png:q} > {log:q} 2>&1"

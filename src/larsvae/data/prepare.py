@@ -37,14 +37,12 @@ date 1980-01-01, so two runs produce byte-identical files.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
 import os
 import pickle
-import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -381,49 +379,3 @@ def prepare(
         ", ".join(f"{s} {n}" for s, n in zip(SPLITS, sizes, strict=True)),
     )
     return out / f"{dataset}.npz"
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-
-
-def build_parser(prog: str = "larsvae prepare-data") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--out-dir", "--out", dest="out_dir", default="data/processed")
-    p.add_argument(
-        "--mirror",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="local mirror folder (repeatable), searched before $LARSVAE_DATA_MIRRORS",
-    )
-    p.add_argument("--no-download", action="store_true", help="skip the canonical URLs")
-    p.add_argument("--no-registry", action="store_true", help="skip PyPI/Debian fallbacks")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="fixed-binarization / split seed")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``larsvae prepare-data``: returns 0; user errors -> one line on stderr, exit status 2."""
-    args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="larsvae: %(message)s")
-    try:
-        path = prepare(
-            args.dataset,
-            args.out_dir,
-            args.mirror,
-            download=not args.no_download,
-            registry=not args.no_registry,
-            seed=args.seed,
-        )
-    except DataError as e:
-        print(f"larsvae: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -238,7 +238,7 @@ class LatentVariableModel(nn.Module):
         Afterwards only ``trainable_parameters()`` (the acceptance network) receive
         gradients, and ``train()`` keeps encoder and decoder in eval mode.
         """
-        from larsvae.distributions import AcceptanceMLP, ResampledPrior, StandardNormal
+        from larsvae.distributions import StandardNormal, build_prior
 
         cfg = self.cfg if cfg is None else cfg
         if self._posthoc:
@@ -253,15 +253,10 @@ class LatentVariableModel(nn.Module):
         ref = next(self.parameters())
         for p in self.parameters():
             p.requires_grad_(False)
-        acceptance = AcceptanceMLP(self.latent_dim, cfg.acceptance_hidden)
-        acceptance = acceptance.to(device=ref.device, dtype=ref.dtype)
-        prior = ResampledPrior(
-            self.top_prior,
-            acceptance,
-            truncation=cfg.truncation,
-            eps=cfg.eps,
-            num_z_samples=cfg.train_z_samples,
-        )
+        # The one config -> prior factory: LARS over N(0, I), which has no parameters, so
+        # the trained proposal and the factory's are the same distribution.
+        prior = build_prior("lars", self.latent_dim, cfg)
+        prior.acceptance.to(dtype=ref.dtype)
         self.top_prior = prior.to(device=ref.device)  # device only: log_z stays float64
         self.cfg = cfg
         self._posthoc = True

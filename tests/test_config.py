@@ -1,0 +1,106 @@
+"""larsvae.config is the one source of truth: the generated JSON schema (what Snakemake's
+validate() applies) and the library parser (what the CLI applies) accept and reject exactly
+the same values, key by key, and every key is read by some pipeline step."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jsonschema
+import pytest
+
+from larsvae import config as C
+
+SECTIONS = [(name, cls) for name, cls in C.SECTIONS.items() if name != "posthoc"]
+FIELDS = [(name, cls, f) for name, cls in SECTIONS for f in dataclasses.fields(cls)]
+
+
+def _both(cls, section: str, key: str, value) -> tuple[bool, bool]:
+    """(schema accepts, parser accepts) for {key: value} in ``section``."""
+    schema_ok = jsonschema.Draft202012Validator(C.section_schema(cls)).is_valid({key: value})
+    try:
+        C.parse(cls, {key: value}, section)
+        parse_ok = True
+    except C.ConfigError as err:
+        assert str(err).startswith(f"{section}.{key}"), err  # the message names the key
+        parse_ok = False
+    return schema_ok, parse_ok
+
+
+def _probes(cls, f) -> list[tuple[object, bool]]:
+    """(value, should be accepted) around the declared range of field ``f``."""
+    kind, nullable = C._kind(C._field_types(cls)[f.name])
+    m = f.metadata
+    out: list[tuple[object, bool]] = [("text", kind == "str"), (None, nullable)]
+    if kind == "int":
+        out += [(m["lo"], True), (m["lo"] - 1, False), (m["lo"] + 10**6, True), (2.5, False),
+                (True, False)]
+    elif kind == "float":
+        lo, hi = m["lo"], m["hi"]
+        out += [(lo, not m["lo_open"]), (lo - 1e-9, False), ((lo + hi) / 2, True), (hi, True),
+                (hi + 1e-9, False), (True, False)]
+    elif kind == "widths":
+        out += [([m["lo"], m["lo"] + 3], True), ([m["lo"] - 1], False), ([], False), (7, False)]
+    elif kind == "bool":
+        out += [(True, True), (False, True), (1, False)]
+    return out
+
+
+@pytest.mark.parametrize(("section", "cls", "f"), FIELDS,
+                         ids=[f"{s}.{f.name}" for s, _, f in FIELDS])
+def test_schema_and_parser_agree_on_every_key_and_range(section, cls, f):
+    for value, want in _probes(cls, f):
+        assert _both(cls, section, f.name, value) == (want, want), (f.name, value)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_numbers_are_refused_naming_the_key(bad):
+    with pytest.raises(C.ConfigError, match=r"^train\.lr: expected a number in \(0\.0, 1\.0\]"):
+        C.train_config({"lr": bad})
+
+
+def test_unknown_key_names_the_choices():
+    with pytest.raises(C.ConfigError, match=r"^model\.latent_dm: unknown key .*latent_dim"):
+        C.model_config({"latent_dm": 3})
+
+
+def test_every_key_is_read_by_some_step():
+    read = {(s, k) for step in ("train", "train_posthoc", "estimate_z", "evaluate", "sample",
+                                "toy2d")
+            for prior in C.PRIORS for s, keys in C.step_keys(step, prior).items() for k in keys}
+    read |= {("evaluate", "z_shards")}  # names the shard files (the rules' wildcard)
+    declared = {(s, f.name) for s, cls in C.SECTIONS.items() for f in dataclasses.fields(cls)}
+    assert declared - read == set()
+    assert read - declared == set()
+
+
+def test_prior_groups_select_the_keys_each_prior_reads():
+    assert C.model_keys("gaussian") == ("latent_dim", "hidden")
+    assert "truncation" in C.model_keys("lars") and "flow_hidden" not in C.model_keys("lars")
+    assert {"flow_hidden", "realnvp_couplings", "truncation"} <= set(C.model_keys("lars_realnvp"))
+    assert "maf_blocks" in C.model_keys("maf") and "realnvp_couplings" not in C.model_keys("maf")
+    # post-hoc training builds LARS over the trained N(0, I), whatever the cell's prior says
+    assert C.step_keys("train_posthoc", "gaussian")["model"] == C.model_keys("lars")
+
+
+def test_parse_params_applies_overrides_per_dataset_and_lists_cells():
+    raw = {
+        "name": "t", "paths": {"runs": "runs/t/", "reports": "reports/t"}, "seeds": [1, 2],
+        **{name: {} for name in C.SECTIONS},
+        "overrides": {"static_mnist": {"train": {"lr": 1e-3}}},
+        "experiments": [{"datasets": ["static_mnist", "omniglot"], "archs": ["vae"],
+                         "runs": [{"prior": "gaussian", "mode": "standard"},
+                                  {"prior": "lars", "mode": "posthoc"}]}],
+    }
+    p = C.parse_params(raw)
+    assert p.runs == "runs/t" and len(p.cells) == 2 * 2 * 2
+    assert p.section("train", "static_mnist").lr == 1e-3
+    assert p.section("train", "omniglot").lr == C.TrainConfig().lr
+    cell = C.Cell("static_mnist", "vae", "lars", "posthoc", 1)
+    assert p.step_params("train_posthoc", cell)["posthoc"]["lr"] == C.TrainConfig().lr
+    assert set(p.step_params("estimate_z", cell)["evaluate"]) == {
+        "z_samples", "z_batch", "z_antithetic"}
+    raw["overrides"]["omniglot"] = {"model": {"truncation": 0}}
+    with pytest.raises(C.ConfigError, match=r"^overrides\.omniglot\.model\.truncation"):
+        C.parse_params(raw)

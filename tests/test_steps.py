@@ -1,0 +1,83 @@
+"""The pipeline steps called in-process, as the rules call them through the CLI: a joint and a
+post-hoc LARS cell through train -> sharded Z -> reduce -> evaluate -> sample grid."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import SMALL_MODEL
+
+from larsvae import steps
+from larsvae.config import EvalConfig, model_config, train_config
+from larsvae.utils import UserError
+from larsvae.zestimate import ZEstimate
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+EVAL = EvalConfig(z_samples=4000, z_shards=2, z_batch=500, iwae_k=20, iwae_k_chunk=10,
+                  iwae_batch=8, test_subset=16)
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory):
+    from conftest import make_tiny_dataset
+
+    root = tmp_path_factory.mktemp("steps")
+    data = make_tiny_dataset(root / "data")
+    mcfg, tcfg = model_config(SMALL_MODEL), train_config({"iterations": 6, "batch_size": 16})
+    out = {"data": data, "root": root}
+    for name, prior in (("gaussian", "gaussian"), ("joint", "lars")):
+        out[name] = root / name / "model.pt"
+        steps.train(data, "vae", prior, 1, mcfg, tcfg, out[name], progress=False)
+    out["posthoc"] = root / "posthoc" / "model.pt"
+    steps.train(data, "vae", "lars", 1, mcfg, tcfg, out["posthoc"], init=out["gaussian"],
+                progress=False)
+    return out
+
+
+@pytest.mark.parametrize("cell", ["joint", "posthoc"])
+def test_sharded_z_reduces_to_the_unsharded_estimate_and_evaluates(cells, cell, tmp_path):
+    ckpt = cells[cell]
+    shards = [tmp_path / f"shard{i}of2.json" for i in range(2)]
+    for i, s in enumerate(shards):
+        steps.estimate_z(ckpt, EVAL, i, 2, s, progress=False)
+    z = steps.reduce_z(list(reversed(shards)), tmp_path / "z.json")
+    whole = steps.estimate_z(ckpt, EVAL, 0, 1, tmp_path / "whole.json", progress=False)
+    assert z["z"] == ZEstimate.from_dict(whole["estimate"]).mean  # bitwise: the same batches
+    assert 0 < z["z"] <= 1 and z["z_stderr"] > 0
+    nll = steps.evaluate(ckpt, cells["data"], EVAL, tmp_path / "nll.json", z=tmp_path / "z.json",
+                         progress=False)
+    assert json.loads((tmp_path / "nll.json").read_text()) == json.loads(json.dumps(nll))
+    assert nll["mode"] == ("posthoc" if cell == "posthoc" else "standard")
+    assert nll["n"] == 16 and nll["k"] == 20 and math.isfinite(nll["nll"]) and nll["nll"] > 0
+    # T = 100: proposals per sample (1 - (1 - Z)^T) / Z, the truncated geometric mean
+    zz = z["z"]
+    assert nll["mean_proposals"] == pytest.approx((1 - (1 - zz) ** 100) / zz, rel=1e-9)
+    steps.sample_grid(ckpt, 9, 0, tmp_path / "s.png")
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_posthoc_cell_keeps_the_standard_models_networks(cells):
+    from larsvae.checkpoint import load_checkpoint
+
+    base, post = load_checkpoint(cells["gaussian"]), load_checkpoint(cells["posthoc"])
+    assert post["meta"]["mode"] == "posthoc" and post["meta"]["base_prior"] == "gaussian"
+    for k, v in base["model"].items():
+        assert torch.equal(v, post["model"][k]), k
+    assert any(k.startswith("top_prior.acceptance") for k in post["model"])
+
+
+def test_steps_refuse_mismatched_inputs_naming_the_file(cells, tmp_path):
+    with pytest.raises(UserError, match="has no normalising constant Z"):
+        steps.estimate_z(cells["gaussian"], EVAL, 0, 1, tmp_path / "z.json", progress=False)
+    with pytest.raises(UserError, match="'gaussian' standard checkpoint"):
+        steps.train(cells["data"], "vae", "lars", 1, model_config(SMALL_MODEL),
+                    train_config({"iterations": 1}), tmp_path / "m.pt", init=cells["joint"],
+                    progress=False)
+    with pytest.raises(UserError, match="--z: required"):
+        steps.evaluate(cells["joint"], cells["data"], EVAL, tmp_path / "nll.json",
+                       progress=False)
+    assert not list(tmp_path.iterdir())  # nothing written
