@@ -3,7 +3,6 @@ end-to-end smoke run (Snakemake, then `dvc repro smoke`) in a temporary clone of
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import math
