@@ -18,6 +18,7 @@ import torch
 
 import larsvae.data.prepare as prep
 import larsvae.data.sources as src
+from larsvae import cli
 from larsvae.config import DATASETS
 from larsvae.data import BatchStream, DataError, eval_tensor, load
 from larsvae.data.checksums import SHA256, ChecksumMismatch, omniglot_zip_to_array, verify
@@ -219,8 +220,9 @@ def test_nonexistent_mirror_folder_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(DataError, match="no-such-mirror.*does not exist"):
         prep.prepare("fashion_mnist", tmp_path / "out", [missing], download=False, registry=False)
     assert not (tmp_path / "out").exists()
-    rc = prep.main(
+    rc = cli.main(
         [
+            "prepare-data",
             "--dataset",
             "fashion_mnist",
             "--out-dir",
@@ -304,6 +306,7 @@ def test_corrupted_mirror_file_rejected_and_nothing_written(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     argv = [
+        "prepare-data",
         "--dataset",
         "fashion_mnist",
         "--out-dir",
@@ -313,7 +316,7 @@ def test_corrupted_mirror_file_rejected_and_nothing_written(tmp_path, capsys):
         "--no-download",
         "--no-registry",
     ]
-    assert prep.main(argv) == 2
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
     actual = prep.sha256_hex(gzip.decompress(bad.read_bytes()))
     assert str(bad) in err and SHA256["fashion/t10k-labels-idx1-ubyte"] in err and actual in err

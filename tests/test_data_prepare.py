@@ -19,6 +19,7 @@ import torch
 
 import larsvae.data.prepare as prep
 import larsvae.data.sources as src
+from larsvae import cli
 from larsvae.config import DATASETS
 from larsvae.data import BatchStream, eval_tensor, load, load_manifest, train_stream
 from larsvae.data.checksums import SHA256
@@ -151,8 +152,9 @@ def test_fashion_mnist_content(prepared):
 
 def test_two_runs_give_identical_bytes_via_cli(prepared, tmp_path, capsys):
     for d in DATASETS:
-        rc = prep.main(
+        rc = cli.main(
             [
+                "prepare-data",
                 "--dataset",
                 d,
                 "--out-dir",
