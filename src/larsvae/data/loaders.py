@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils import derive_seed
 from .checksums import DataError
 
 SPLITS = ("train", "valid", "test")
@@ -83,12 +84,6 @@ def eval_tensor(
     return x.to(device=device, dtype=torch.float32)
 
 
-def _derive_seed(seed: int, stream: int, index: int) -> int:
-    """A 63-bit seed that depends only on (seed, stream, index)."""
-    state = np.random.SeedSequence([seed, stream, index]).generate_state(1, np.uint64)[0]
-    return int(state) & ((1 << 63) - 1)
-
-
 class BatchStream:
     """Deterministic training batches: ``batch(step)`` depends only on (seed, step).
 
@@ -131,7 +126,7 @@ class BatchStream:
     def permutation(self, epoch: int) -> torch.Tensor:
         """Order of the examples in ``epoch`` (N,), int64 on the device."""
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(_derive_seed(self.seed, _STREAM_PERMUTATION, epoch))
+            g = torch.Generator().manual_seed(derive_seed(self.seed, _STREAM_PERMUTATION, epoch))
             self._perm = torch.randperm(self.num_examples, generator=g).to(self.device)
             self._epoch = epoch
         assert self._perm is not None
@@ -150,7 +145,7 @@ class BatchStream:
         )  # (B, D) uint8; `[idx]` is ~30x slower on CPU
         if not self.dynamic:
             return x.float()
-        self._gen.manual_seed(_derive_seed(self.seed, _STREAM_BINARIZE, step))
+        self._gen.manual_seed(derive_seed(self.seed, _STREAM_BINARIZE, step))
         u = torch.randint(
             0, 255, x.shape, generator=self._gen, device=self.device, dtype=torch.uint8
         )
