@@ -98,6 +98,12 @@ def posthoc_init(wildcards):
     return L.model(**{**dict(wildcards.items()), "prior": "gaussian", "mode": "standard"})
 
 
+class Wildcards(dict):
+    """A cell's fields with attribute access, as a job's wildcards have."""
+
+    __getattr__ = dict.__getitem__
+
+
 def z_shards(wildcards):
     """The shard files reduced into one Z estimate (count: evaluate.z_shards)."""
     n = P.section("evaluate", wildcards.dataset).z_shards
@@ -155,8 +161,14 @@ def report_spec(wildcards):
 
 
 def all_targets():
-    """The default target (and what the DVC stages build): reports, the 2-D figure and one
-    sample grid per cell."""
-    return [*REPORTS.values(), L.report("figures/fig2d_lars_toy.png")] + [
-        L.sample_grid(**vars(c)) for c in P.cells
-    ]
+    """The default target (and what the DVC stages build): reports, the 2-D figure, one sample
+    grid per cell, and every intermediate (checkpoints, curves, Z shards, z.json, nll.json), so
+    that a deleted intermediate is rebuilt by a plain `snakemake` / `dvc repro` even when the
+    reports that consumed it still exist."""
+    per_cell = []
+    for c in P.cells:
+        w = vars(c)
+        per_cell += [L.sample_grid(**w), L.model(**w), L.curve(**w), L.nll(**w)]
+        if c.is_lars:
+            per_cell += [L.z(**w)] + z_shards(Wildcards(w))
+    return [*REPORTS.values(), L.report("figures/fig2d_lars_toy.png"), *per_cell]
