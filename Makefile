@@ -31,4 +31,4 @@ test: setup lint
 	$(BIN)/python -m pytest -q --timeout=1500 $(PYTEST_ARGS)
 
 bench: setup
-	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	$(BIN)/python bench/run.py

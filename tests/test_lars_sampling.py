@@ -248,3 +248,17 @@ def test_tiny_blocks_are_still_exact(max_block):
     prior = make_prior(1, 10)
     z = prior.sample(5_000, generator=torch.Generator().manual_seed(8), max_block=max_block)
     assert stats.kstest(z[:, 0].numpy(), quadrature_cdf(prior)).pvalue > 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_sampler_ks():
+    """On the GPU (device generator, large blocks): the same 1-D LARS marginal."""
+    prior, v, cdf = rank_one_prior(20, (32, 32), 100, 0.02)
+    prior.to("cuda")
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    z, counts = prior.sample(50_000, generator=gen, return_num_proposals=True)
+    assert z.device.type == "cuda" and counts.device.type == "cuda"
+    t = (z.double() @ v.double().cuda()).cpu().numpy()
+    assert stats.kstest(t, cdf).pvalue > 1e-3
+    c = counts.double()
+    assert abs(float(c.mean()) - prior.expected_num_proposals()) < 4 * float(c.std()) / 223.0
