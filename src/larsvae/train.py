@@ -161,15 +161,11 @@ def write_curve_tsv(path: str | os.PathLike, columns: list[str], rows: list[list
 
 
 def _step_stats(out: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(loss, mean rec, mean kl, mean -elbo) of one step, float64 (4,), without a host sync."""
-    return torch.stack(
-        [
-            out["loss"].detach().double(),
-            out["rec"].detach().double().mean(),
-            out["kl"].detach().double().mean(),
-            -out["elbo"].detach().double().mean(),
-        ]
-    )
+    """(loss, mean rec, mean kl, mean -elbo) of one step, float64 (4,), without a host sync.
+    -elbo = rec + kl per example, so its mean is the sum of the two means."""
+    rec_kl = torch.stack([out["rec"], out["kl"]]).detach().double().mean(1)  # (2,)
+    loss = out["loss"].detach().double().reshape(1)
+    return torch.cat([loss, rec_kl, rec_kl.sum(0, keepdim=True)])
 
 
 class _EagerStep:
@@ -203,8 +199,10 @@ class _GraphStep:
     input tensors and the generator is reseeded with ``derive_seed(seed, t)``; the replay
     then draws the same random numbers as an eager step would. Capturing needs a few eager
     warm-up steps (lazy initialisation); the model, Adam and RNG state from before them are
-    put back, so the run continues exactly where it was. A non-finite loss is noticed after
-    the replay, i.e. after the update, unlike the eager step (the checkpoint is the guard).
+    put back, so the run continues exactly where it was. The step's numbers stay on the GPU
+    until fit needs them (log, validation, checkpoint), so a non-finite loss is noticed
+    there, after the updates, unlike on the eager path; the resume file on disk is then
+    still the last good one, and the error names the first bad step all the same.
     """
 
     _WARMUP = 3
@@ -265,6 +263,7 @@ class _GraphStep:
             torch.cuda.set_rng_state(saved["rng"], self.device)
 
     def __call__(self, t: int) -> torch.Tensor:
+        """Step t; returns its stats, still on the GPU (read back by :meth:`_Run.flush`)."""
         seed_step(self.seed, t, self.device)
         self.x.copy_(self.stream.batch(t))
         self.beta.fill_(kl_beta(t, self.cfg.warmup_steps))
@@ -344,6 +343,7 @@ class _Run:
         self.log_file = open(log_path, "a") if log_path is not None else None  # noqa: SIM115
         self.state = _State()
         self.last_ckpt_step: int | None = None  # the resume file on disk, if ours
+        self.pending: list[tuple[int, torch.Tensor]] = []  # steps not yet read back
 
     def log(self, msg: str, to_stderr: bool = True) -> None:
         line = f"[larsvae train] {msg}"
@@ -450,11 +450,24 @@ class _Run:
         self.resume_path.unlink(missing_ok=True)
 
     # -- logging -------------------------------------------------------------------------
-    def add_to_window(self, stats: list[float]) -> None:
-        """stats: (loss, rec, kl, neg_elbo) of one step, summed into the logging window."""
-        for key, v in zip(_WINDOW_KEYS, stats, strict=True):
-            self.state.window[key] += v
-        self.state.window["count"] += 1
+    def record(self, t: int, stats: torch.Tensor) -> None:
+        """Keep step t's (loss, rec, kl, neg_elbo) until :meth:`flush`."""
+        self.pending.append((t, stats))
+
+    def flush(self) -> None:
+        """Read the pending steps' numbers back (one host sync) into the logging window;
+        raise :class:`TrainingDiverged` naming the first step with a non-finite loss."""
+        if not self.pending:
+            return
+        values = torch.stack([s for _, s in self.pending]).tolist()
+        steps = [t for t, _ in self.pending]
+        self.pending = []
+        for t, stats in zip(steps, values, strict=True):
+            if not math.isfinite(stats[0]):
+                raise self.diverged(t, stats[0])
+            for key, v in zip(_WINDOW_KEYS, stats, strict=True):
+                self.state.window[key] += v
+            self.state.window["count"] += 1
 
     def log_window(self, t: int, bar) -> None:
         """Close the window with a curve row (and a log line) after step t."""
@@ -553,19 +566,24 @@ def fit(
         step = _make_step(model, optimizer, stream, cfg, seed, run.log)
         bar = progress_bar(cfg.iterations, initial=st.step, desc="train", enabled=progress)
         t0 = time.perf_counter()
+        # A graph step is read back only when its numbers are needed (no host sync per
+        # step); the eager step checks the loss before its update, so the CPU reads each.
+        defer = isinstance(step, _GraphStep)
         while st.step < target and not stopped_early:
             t = st.step
-            stats = step(t).tolist()  # the one host sync of a step
-            if not math.isfinite(stats[0]):
-                raise run.diverged(t, stats[0])
+            run.record(t, step(t))
             st.step = t + 1
-            run.add_to_window(stats)
-            if st.step % cfg.log_every == 0 or st.step == cfg.iterations:
-                run.log_window(t, bar)
             bar.update(1)
-            if run.do_eval and (st.step % cfg.eval_every == 0 or st.step == cfg.iterations):
+            log_now = st.step % cfg.log_every == 0 or st.step == cfg.iterations
+            eval_now = run.do_eval and (st.step % cfg.eval_every == 0 or st.step == cfg.iterations)
+            save_now = st.step % cfg.checkpoint_every == 0 or st.step == target
+            if log_now or eval_now or save_now or not defer:
+                run.flush()  # before any checkpoint: a diverged step is never saved
+            if log_now:
+                run.log_window(t, bar)
+            if eval_now:
                 stopped_early = run.validate()
-            if st.step % cfg.checkpoint_every == 0 or st.step == target or stopped_early:
+            if save_now or stopped_early:
                 run.save_resume()
         if stopped_early:
             run.log(
