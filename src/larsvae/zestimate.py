@@ -287,10 +287,12 @@ def estimate_z(
                 k = min(chunk, x.numel() - lo)
                 z = proposal.sample(k, generator=gen)  # (k, D)
                 if antithetic:
-                    a = torch.sigmoid(logits.pm(z).double())  # (2k,): z, then -z
-                    torch.add(a[:k], a[k:], out=x[lo : lo + k]).mul_(0.5)
+                    a = logits.pm(z).double().sigmoid_()  # (2k,): z, then -z
+                    torch.add(a[:k], a[k:], out=x[lo : lo + k])
                 else:
-                    x[lo : lo + k] = torch.sigmoid(logits(z).double())
+                    x[lo : lo + k] = logits(z).double().sigmoid_()
+            if antithetic:
+                x.mul_(0.5)  # exact: the unit is (a(z) + a(-z)) / 2
             s = x.sum()
             stats = torch.stack([s, (x * x).sum(), (x - s / x.numel()).pow(2).sum()]).tolist()
             partials.append(BatchPartial(b, x.numel(), size, *stats))
