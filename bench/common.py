@@ -191,8 +191,10 @@ def rank_one_acceptance(dim: int, hidden: tuple[int, ...], seed: int = 0):
     v = torch.randn(dim, generator=g)
     v /= v.norm()
     with torch.no_grad():
-        for m in acc.net:
+        for m in acc.net:  # Glorot-uniform weights as in AcceptanceMLP, but from ``g``
             if isinstance(m, torch.nn.Linear):
+                bound = math.sqrt(6.0 / (m.in_features + m.out_features))
+                m.weight.uniform_(-bound, bound, generator=g)
                 m.bias.uniform_(-1.0, 1.0, generator=g)
         first = acc.net[0]
         first.weight.copy_(torch.outer(2.0 * torch.randn(first.out_features, generator=g), v))

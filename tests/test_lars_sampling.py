@@ -190,6 +190,10 @@ def rank_one_prior(dim: int, hidden, truncation, target_z: float, seed: int = 0)
     v = torch.randn(dim, generator=g)
     v /= v.norm()
     with torch.no_grad():
+        for m in acc.net:
+            if isinstance(m, torch.nn.Linear):
+                bound = math.sqrt(6.0 / (m.in_features + m.out_features))
+                m.weight.uniform_(-bound, bound, generator=g)
         first = acc.net[0]
         first.weight.copy_(torch.outer(2.0 * torch.randn(first.out_features, generator=g), v))
         first.bias.copy_(torch.randn(first.out_features, generator=g))

@@ -222,6 +222,8 @@ def rank_one_mlp(dim: int, seed: int = 0) -> tuple[AcceptanceMLP, torch.Tensor]:
     with torch.no_grad():
         for m in acc.net:
             if isinstance(m, torch.nn.Linear):
+                bound = math.sqrt(6.0 / (m.in_features + m.out_features))
+                m.weight.uniform_(-bound, bound, generator=g)
                 m.bias.uniform_(-1.0, 1.0, generator=g)
         acc.net[0].weight.copy_(torch.outer(2.0 * torch.randn(100, generator=g), v))
     return acc, v
