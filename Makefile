@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make main   set up .venv and run the headline experiment (quick CPU budget) into reports/
+#   make main   set up .venv and run the headline experiment (quick CPU budget) into reports/quick/
 #   make test   set up .venv and run the whole test suite (lint, DAG lint, unit, e2e smoke DAG, dvc repro, SLURM)
 # Everything else here is a convenience around those.
 VENV ?= .venv

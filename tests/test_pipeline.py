@@ -163,7 +163,7 @@ def test_dvc_yaml_matches_the_snakemake_dag():
     rendered = _load_dvc_stages_module().render()
     expected = yaml.safe_load(rendered)["stages"]
     actual = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert set(actual) == set(expected) == {"main", "smoke"}
+    assert set(actual) == set(expected) == {"data", "main", "smoke"}
     for name in expected:
         exp, act = _stage_paths(expected[name]), _stage_paths(actual[name])
         for kind in exp:
@@ -173,7 +173,10 @@ def test_dvc_yaml_matches_the_snakemake_dag():
                 f"extra {sorted(extra)[:5]}; run `python workflow/scripts/dvc_stages.py`"
             )
         assert actual[name]["cmd"] == expected[name]["cmd"]
-        assert actual[name]["params"] == expected[name]["params"]
+        assert actual[name].get("params") == expected[name].get("params")
+    # the shared data have one owner stage (DVC allows no output in two stages)
+    owned = [next(iter(o)) for st in actual.values() for o in st.get("outs", [])]
+    assert len(owned) == len(set(owned))
     # wraps, never re-lists: one snakemake call per stage, every LARS cell's Z and the metrics
     assert all(s["cmd"].startswith("snakemake ") for s in actual.values())
     assert {next(iter(m)) for m in actual["main"]["metrics"]} == {"reports/quick/metrics.json"}

@@ -74,10 +74,31 @@ def dag_outputs(params_file: str) -> list[str]:
     return sorted(line.split("\t")[0] for line in lines[start + 1 :] if line.strip())
 
 
+DATA = "data/processed/"
+
+
+def data_stage() -> dict:
+    """Prepared data are shared by every budget, and DVC lets one stage own an output: this
+    stage prepares the data of every other stage (Snakemake targets named explicitly)."""
+    files = sorted({p for params_file, _, _ in STAGES.values() for p in dag_outputs(params_file)
+                    if p.startswith(DATA)})
+    params_file, profile, _ = STAGES["main"]
+    return {
+        "desc": "Prepared datasets (checksummed sources, fixed binarisation), shared by budgets",
+        "cmd": f"snakemake --profile workflow/profiles/{profile} --configfile {params_file} "
+        + " ".join(files),
+        "deps": list(DEPS),
+        "outs": [{p: {"persist": True}} for p in files],
+    }
+
+
 def stage(name: str) -> dict:
     params_file, profile, desc = STAGES[name]
-    outs, metrics, plots = [], [], []
+    outs, metrics, plots, data = [], [], [], []
     for path in dag_outputs(params_file):
+        if path.startswith(DATA):
+            data.append(path)
+            continue
         committed = path.startswith("reports/")  # runs/<budget>/reports are DVC-cached
         if path.endswith("/metrics.json"):
             metrics.append({path: {"cache": not committed, "persist": True}})
@@ -89,7 +110,7 @@ def stage(name: str) -> dict:
     return {
         "desc": desc,
         "cmd": f"snakemake --profile workflow/profiles/{profile} --configfile {params_file}",
-        "deps": list(DEPS),
+        "deps": list(DEPS) + data,
         "params": [{params_file: param_keys(params_file)}],
         "outs": outs,
         "metrics": metrics,
@@ -98,7 +119,7 @@ def stage(name: str) -> dict:
 
 
 def render() -> str:
-    doc = {"stages": {name: stage(name) for name in STAGES}}
+    doc = {"stages": {"data": data_stage(), **{name: stage(name) for name in STAGES}}}
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=100)
 
 

@@ -1,6 +1,6 @@
 """Reports: Table 1 (ours beside the paper's), the main-job summary, metrics and figures.
 
-Entry point for the workflow's report rule: ``python -m larsvae.reports --spec JSON ...``."""
+Used by the workflow's report step (``larsvae report``, :func:`larsvae.steps.report`)."""
 
 from .figures import plot_training_curves, read_curve
 from .paper import PAPER_TABLE1, paper_nll
