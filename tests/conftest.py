@@ -91,18 +91,42 @@ def cli_env() -> dict[str, str]:
 
 def run_cli(args: list[str], timeout: float = 600, script: str | None = None):
     """Run ``python -m larsvae ARGS`` (or ``python -c SCRIPT ARGS``) in a subprocess."""
-    cmd = [sys.executable, "-m", "larsvae", *args] if script is None else [
-        sys.executable, "-c", script, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=cli_env(),
-                          cwd=REPO)
+    cmd = (
+        [sys.executable, "-m", "larsvae", *args]
+        if script is None
+        else [sys.executable, "-c", script, *args]
+    )
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=cli_env(), cwd=REPO
+    )
 
 
-def train_args(data: Path, out: Path, arch: str = "vae", prior: str = "lars", seed: int = 0,
-               model: dict | None = None, train: dict | None = None) -> list[str]:
+def train_args(
+    data: Path,
+    out: Path,
+    arch: str = "vae",
+    prior: str = "lars",
+    seed: int = 0,
+    model: dict | None = None,
+    train: dict | None = None,
+) -> list[str]:
     return [
-        "train", "--dataset-file", str(data), "--arch", arch, "--prior", prior,
-        "--seed", str(seed), "--model-params", json.dumps(SMALL_MODEL | (model or {})),
-        "--train-params", json.dumps(train or {}), "--out", str(out), "--no-progress",
+        "train",
+        "--dataset-file",
+        str(data),
+        "--arch",
+        arch,
+        "--prior",
+        prior,
+        "--seed",
+        str(seed),
+        "--model-params",
+        json.dumps(SMALL_MODEL | (model or {})),
+        "--train-params",
+        json.dumps(train or {}),
+        "--out",
+        str(out),
+        "--no-progress",
     ]
 
 
@@ -116,8 +140,16 @@ def files_under(d: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------
 # kill -9 / resume harness (tests/test_train_resume.py, reports/reliability.md)
 
-KILL_TRAIN = {"iterations": 160, "batch_size": 32, "checkpoint_every": 7, "log_every": 1,
-              "warmup_steps": 60, "lr_decay_step": 100, "lr": 1e-3, "lr_final": 3e-4}
+KILL_TRAIN = {
+    "iterations": 160,
+    "batch_size": 32,
+    "checkpoint_every": 7,
+    "log_every": 1,
+    "warmup_steps": 60,
+    "lr_decay_step": 100,
+    "lr": 1e-3,
+    "lr_final": 3e-4,
+}
 KILL_MODEL = {"truncation": 100, "eps": 0.1}
 KILL_SEED = 3
 
@@ -149,8 +181,10 @@ def run_kill_resume(root: Path, num_kills: int = 4, rng_seed: int = 2024) -> Kil
     res = KillResult()
     ref_out = root / "ref" / "model.pt"
     t0 = time.perf_counter()
-    p = run_cli(train_args(data, ref_out, seed=KILL_SEED, model=KILL_MODEL, train=KILL_TRAIN)
-                + ["--log", str(root / "ref.log")])
+    p = run_cli(
+        train_args(data, ref_out, seed=KILL_SEED, model=KILL_MODEL, train=KILL_TRAIN)
+        + ["--log", str(root / "ref.log")]
+    )
     res.ref_seconds = time.perf_counter() - t0
     assert p.returncode == 0, p.stderr[-2000:]
     m = re.search(r'"sec_per_step": ([0-9.e-]+)', p.stderr)
@@ -168,25 +202,44 @@ def run_kill_resume(root: Path, num_kills: int = 4, rng_seed: int = 2024) -> Kil
     cmd = [sys.executable, "-m", "larsvae", *args]
     for target in targets:
         resume = out.with_name(out.name + ".resume.pt")
-        resumed_at = (torch.load(resume, weights_only=True)["step"] if resume.exists() else 0)
-        proc = subprocess.Popen(cmd, env=cli_env(), cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        resumed_at = torch.load(resume, weights_only=True)["step"] if resume.exists() else 0
+        proc = subprocess.Popen(
+            cmd,
+            env=cli_env(),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         while proc.poll() is None and _last_logged_step(log) < target:
             time.sleep(0.002)
         alive = proc.poll() is None
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stderr.close()
-        res.kills.append({"target": target, "killed_at": _last_logged_step(log),
-                          "resumed_at": int(resumed_at), "was_running": alive,
-                          "returncode": proc.returncode})
+        res.kills.append(
+            {
+                "target": target,
+                "killed_at": _last_logged_step(log),
+                "resumed_at": int(resumed_at),
+                "was_running": alive,
+                "returncode": proc.returncode,
+            }
+        )
     resume = out.with_name(out.name + ".resume.pt")
     last = torch.load(resume, weights_only=True)["step"] if resume.exists() else 0
     p = subprocess.run(cmd, env=cli_env(), cwd=REPO, capture_output=True, text=True)
     res.final_rc = p.returncode
     res.stderr_tail = p.stderr[-2000:]
-    res.kills.append({"target": None, "killed_at": None, "resumed_at": int(last),
-                      "was_running": None, "returncode": p.returncode})
+    res.kills.append(
+        {
+            "target": None,
+            "killed_at": None,
+            "resumed_at": int(last),
+            "was_running": None,
+            "returncode": p.returncode,
+        }
+    )
     if p.returncode != 0:
         return res
     ref = torch.load(ref_out, weights_only=True)
@@ -198,8 +251,9 @@ def run_kill_resume(root: Path, num_kills: int = 4, rng_seed: int = 2024) -> Kil
         else:
             res.mismatched.append(k)
     res.log_z_ref = float(ref["model"].get("top_prior.log_z", torch.tensor(float("nan"))))
-    res.curves_equal = (ref_out.with_name("curve.tsv").read_bytes()
-                        == out.with_name("curve.tsv").read_bytes())
+    res.curves_equal = (
+        ref_out.with_name("curve.tsv").read_bytes() == out.with_name("curve.tsv").read_bytes()
+    )
     res.leftovers = [f for f in files_under(out.parent) if f not in ("model.pt", "curve.tsv")]
     return res
 
@@ -287,9 +341,12 @@ def _setup_bad_input_files(root: Path) -> dict[str, Path]:
     tiny_train = {"iterations": 2, "batch_size": 16}
     f["hvae"] = root / "hvae_gaussian" / "model.pt"
     f["lars"] = root / "vae_lars_inf" / "model.pt"
-    for args in (train_args(f["data"], f["hvae"], "hvae", "gaussian", train=tiny_train),
-                 train_args(f["data"], f["lars"], "vae", "lars", model={"truncation": None},
-                            train=tiny_train)):
+    for args in (
+        train_args(f["data"], f["hvae"], "hvae", "gaussian", train=tiny_train),
+        train_args(
+            f["data"], f["lars"], "vae", "lars", model={"truncation": None}, train=tiny_train
+        ),
+    ):
         rc, err = cli_in_process(args)
         assert rc == 0, err
     f["truncated"] = root / "truncated" / "model.pt"
@@ -298,21 +355,49 @@ def _setup_bad_input_files(root: Path) -> dict[str, Path]:
     f["truncated"].write_bytes(raw[: len(raw) // 3])
     # an acceptance network with a(z) = sigmoid(-1e4) = 0 in floating point: Z underflows
     ck = load_checkpoint(f["lars"])
-    last_bias = sorted(k for k in ck["model"] if k.startswith("top_prior.acceptance")
-                       and k.endswith("bias"))[-1]
+    last_bias = sorted(
+        k for k in ck["model"] if k.startswith("top_prior.acceptance") and k.endswith("bias")
+    )[-1]
     ck["model"][last_bias] = torch.full_like(ck["model"][last_bias], -1e4)
     f["dead"] = root / "dead_acceptance" / "model.pt"
-    save_checkpoint({k: v for k, v in ck.items() if k not in ("format", "format_version")},
-                    f["dead"])
+    save_checkpoint(
+        {k: v for k, v in ck.items() if k not in ("format", "format_version")}, f["dead"]
+    )
     ep = json.dumps({"z_samples": 2000, "z_batch": 500})
     shard = root / "dead_acceptance" / "shard0of1.json"
     f["dead_z"] = root / "dead_acceptance" / "z.json"
     f["shard0of2"] = root / "shards" / "shard0of2.json"
-    for args in (["estimate-z", "--checkpoint", str(f["dead"]), "--shard", "0", "--num-shards",
-                  "1", "--eval-params", ep, "--out", str(shard), "--no-progress"],
-                 ["reduce-z", "--out", str(f["dead_z"]), str(shard)],
-                 ["estimate-z", "--checkpoint", str(f["lars"]), "--shard", "0", "--num-shards",
-                  "2", "--eval-params", ep, "--out", str(f["shard0of2"]), "--no-progress"]):
+    for args in (
+        [
+            "estimate-z",
+            "--checkpoint",
+            str(f["dead"]),
+            "--shard",
+            "0",
+            "--num-shards",
+            "1",
+            "--eval-params",
+            ep,
+            "--out",
+            str(shard),
+            "--no-progress",
+        ],
+        ["reduce-z", "--out", str(f["dead_z"]), str(shard)],
+        [
+            "estimate-z",
+            "--checkpoint",
+            str(f["lars"]),
+            "--shard",
+            "0",
+            "--num-shards",
+            "2",
+            "--eval-params",
+            ep,
+            "--out",
+            str(f["shard0of2"]),
+            "--no-progress",
+        ],
+    ):
         rc, err = cli_in_process(args)
         assert rc == 0, err
     return f
@@ -326,78 +411,183 @@ def bad_input_cases(root: Path, f: dict[str, Path]) -> list[BadInput]:
     data = f["data"]
 
     def train(out_dir, model=None, train_p=None, **kw):
-        return train_args(kw.pop("data", data), out_dir / "model.pt", model=model,
-                          train=train_p, **kw)
+        return train_args(
+            kw.pop("data", data), out_dir / "model.pt", model=model, train=train_p, **kw
+        )
 
     def evaluate(ckpt, z=None, dataset=data):
         def fn(out_dir):
-            a = ["evaluate", "--checkpoint", str(ckpt), "--dataset-file", str(dataset),
-                 "--eval-params", json.dumps({"iwae_k": 5, "test_subset": 8}),
-                 "--out", str(out_dir / "nll.json"), "--no-progress"]
+            a = [
+                "evaluate",
+                "--checkpoint",
+                str(ckpt),
+                "--dataset-file",
+                str(dataset),
+                "--eval-params",
+                json.dumps({"iwae_k": 5, "test_subset": 8}),
+                "--out",
+                str(out_dir / "nll.json"),
+                "--no-progress",
+            ]
             return a + (["--z", str(z)] if z else [])
+
         return fn
 
     def posthoc(init):
         return lambda o: train(o, arch="vae", prior="lars") + ["--init", str(init)]
 
     return [
-        case("unknown_dataset", "unknown dataset name",
-             lambda o: ["prepare-data", "--dataset", "mnist_typo", "--out", str(o)],
-             ["mnist_typo", "static_mnist"]),
-        case("missing_mirror", "a mirror folder that does not exist",
-             lambda o: ["prepare-data", "--dataset", "static_mnist", "--out", str(o),
-                        "--mirror", str(root / "no_such_mirror"), "--no-download",
-                        "--no-registry"],
-             ["no_such_mirror", "does not exist"]),
-        case("unknown_arch", "unknown architecture", lambda o: train(o, arch="mlp"),
-             ["--arch", "'mlp'", "vae"]),
-        case("unknown_prior", "unknown prior", lambda o: train(o, prior="vampprior"),
-             ["--prior", "'vampprior'", "lars"]),
-        case("truncation_zero", "T = 0", lambda o: train(o, model={"truncation": 0}),
-             ["model.truncation", ">= 1", "0"]),
-        case("iterations_negative", "negative iteration count",
-             lambda o: train(o, train_p={"iterations": -5}), ["train.iterations", "-5"]),
-        case("iterations_noninteger", "non-integer iteration count",
-             lambda o: train(o, train_p={"iterations": 2.5}), ["train.iterations", "2.5"]),
-        case("eps_above_one", "eps outside (0, 1]", lambda o: train(o, model={"eps": 1.5}),
-             ["model.eps", "(0.0, 1.0]", "1.5"]),
-        case("eps_zero", "eps = 0 (outside (0, 1])", lambda o: train(o, model={"eps": 0}),
-             ["model.eps", "(0.0, 1.0]"]),
-        case("typo_key", "params with a typo'd key",
-             lambda o: train(o, train_p={"learning_rate": 1e-3}),
-             ["train.learning_rate", "unknown key", "lr"]),
-        case("bad_json", "params that are not valid JSON",
-             lambda o: _replace_value(train(o), "--train-params", '{"iterations": 5'),
-             ["--train-params", "invalid JSON"]),
-        case("missing_dataset", "a dataset file that does not exist",
-             lambda o: train(o, data=root / "nowhere" / "static_mnist.npz"),
-             ["nowhere/static_mnist.npz"]),
-        case("corrupt_dataset", "a corrupted (truncated) dataset file",
-             lambda o: train(o, data=f["corrupt"]), [str(f["corrupt"])]),
-        case("truncated_checkpoint", "a truncated checkpoint (evaluate)",
-             evaluate(f["truncated"]), [str(f["truncated"]), "truncated or corrupt"]),
-        case("truncated_checkpoint_init", "a truncated checkpoint (post-hoc --init)",
-             posthoc(f["truncated"]), [str(f["truncated"]), "truncated or corrupt"]),
-        case("posthoc_wrong_arch", "a checkpoint of another architecture for post-hoc",
-             posthoc(f["hvae"]), ["--init", "'hvae'", "'vae'"]),
-        case("posthoc_not_gaussian", "a LARS checkpoint as post-hoc starting point",
-             posthoc(f["lars"]), ["--init", "'gaussian'", "'lars'"]),
-        case("lars_without_z", "evaluating a LARS model without its Z",
-             evaluate(f["lars"]), ["--z", "'lars'"]),
-        case("z_underflow", "Z underflowing for T = infinity (a(z) = 0 everywhere)",
-             evaluate(f["dead"], z=f["dead_z"]), [str(f["dead_z"]), "underflow"]),
-        case("incomplete_shards", "reduce-z with a missing Z shard",
-             lambda o: ["reduce-z", "--out", str(o / "z.json"), str(f["shard0of2"])],
-             ["1 of 2", "missing [1]"]),
-        case("duplicate_shards", "reduce-z with the same shard twice",
-             lambda o: ["reduce-z", "--out", str(o / "z.json"), str(f["shard0of2"]),
-                        str(f["shard0of2"])],
-             ["duplicate", "shard 0"]),
-        case("nan_loss", "NaN appearing in the loss (injected at step 8)",
-             lambda o: train(o, train_p={"iterations": 20, "checkpoint_every": 5,
-                                          "batch_size": 16}),
-             [f"step {NAN_AT_STEP}", "(step 5) is kept", "model.pt.resume.pt"],
-             rc_expected=1, allowed_leftovers=("model.pt.resume.pt",), nan_at_step=NAN_AT_STEP),
+        case(
+            "unknown_dataset",
+            "unknown dataset name",
+            lambda o: ["prepare-data", "--dataset", "mnist_typo", "--out", str(o)],
+            ["mnist_typo", "static_mnist"],
+        ),
+        case(
+            "missing_mirror",
+            "a mirror folder that does not exist",
+            lambda o: [
+                "prepare-data",
+                "--dataset",
+                "static_mnist",
+                "--out",
+                str(o),
+                "--mirror",
+                str(root / "no_such_mirror"),
+                "--no-download",
+                "--no-registry",
+            ],
+            ["no_such_mirror", "does not exist"],
+        ),
+        case(
+            "unknown_arch",
+            "unknown architecture",
+            lambda o: train(o, arch="mlp"),
+            ["--arch", "'mlp'", "vae"],
+        ),
+        case(
+            "unknown_prior",
+            "unknown prior",
+            lambda o: train(o, prior="vampprior"),
+            ["--prior", "'vampprior'", "lars"],
+        ),
+        case(
+            "truncation_zero",
+            "T = 0",
+            lambda o: train(o, model={"truncation": 0}),
+            ["model.truncation", ">= 1", "0"],
+        ),
+        case(
+            "iterations_negative",
+            "negative iteration count",
+            lambda o: train(o, train_p={"iterations": -5}),
+            ["train.iterations", "-5"],
+        ),
+        case(
+            "iterations_noninteger",
+            "non-integer iteration count",
+            lambda o: train(o, train_p={"iterations": 2.5}),
+            ["train.iterations", "2.5"],
+        ),
+        case(
+            "eps_above_one",
+            "eps outside (0, 1]",
+            lambda o: train(o, model={"eps": 1.5}),
+            ["model.eps", "(0.0, 1.0]", "1.5"],
+        ),
+        case(
+            "eps_zero",
+            "eps = 0 (outside (0, 1])",
+            lambda o: train(o, model={"eps": 0}),
+            ["model.eps", "(0.0, 1.0]"],
+        ),
+        case(
+            "typo_key",
+            "params with a typo'd key",
+            lambda o: train(o, train_p={"learning_rate": 1e-3}),
+            ["train.learning_rate", "unknown key", "lr"],
+        ),
+        case(
+            "bad_json",
+            "params that are not valid JSON",
+            lambda o: _replace_value(train(o), "--train-params", '{"iterations": 5'),
+            ["--train-params", "invalid JSON"],
+        ),
+        case(
+            "missing_dataset",
+            "a dataset file that does not exist",
+            lambda o: train(o, data=root / "nowhere" / "static_mnist.npz"),
+            ["nowhere/static_mnist.npz"],
+        ),
+        case(
+            "corrupt_dataset",
+            "a corrupted (truncated) dataset file",
+            lambda o: train(o, data=f["corrupt"]),
+            [str(f["corrupt"])],
+        ),
+        case(
+            "truncated_checkpoint",
+            "a truncated checkpoint (evaluate)",
+            evaluate(f["truncated"]),
+            [str(f["truncated"]), "truncated or corrupt"],
+        ),
+        case(
+            "truncated_checkpoint_init",
+            "a truncated checkpoint (post-hoc --init)",
+            posthoc(f["truncated"]),
+            [str(f["truncated"]), "truncated or corrupt"],
+        ),
+        case(
+            "posthoc_wrong_arch",
+            "a checkpoint of another architecture for post-hoc",
+            posthoc(f["hvae"]),
+            ["--init", "'hvae'", "'vae'"],
+        ),
+        case(
+            "posthoc_not_gaussian",
+            "a LARS checkpoint as post-hoc starting point",
+            posthoc(f["lars"]),
+            ["--init", "'gaussian'", "'lars'"],
+        ),
+        case(
+            "lars_without_z",
+            "evaluating a LARS model without its Z",
+            evaluate(f["lars"]),
+            ["--z", "'lars'"],
+        ),
+        case(
+            "z_underflow",
+            "Z underflowing for T = infinity (a(z) = 0 everywhere)",
+            evaluate(f["dead"], z=f["dead_z"]),
+            [str(f["dead_z"]), "underflow"],
+        ),
+        case(
+            "incomplete_shards",
+            "reduce-z with a missing Z shard",
+            lambda o: ["reduce-z", "--out", str(o / "z.json"), str(f["shard0of2"])],
+            ["1 of 2", "missing [1]"],
+        ),
+        case(
+            "duplicate_shards",
+            "reduce-z with the same shard twice",
+            lambda o: [
+                "reduce-z",
+                "--out",
+                str(o / "z.json"),
+                str(f["shard0of2"]),
+                str(f["shard0of2"]),
+            ],
+            ["duplicate", "shard 0"],
+        ),
+        case(
+            "nan_loss",
+            "NaN appearing in the loss (injected at step 8)",
+            lambda o: train(o, train_p={"iterations": 20, "checkpoint_every": 5, "batch_size": 16}),
+            [f"step {NAN_AT_STEP}", "(step 5) is kept", "model.pt.resume.pt"],
+            rc_expected=1,
+            allowed_leftovers=("model.pt.resume.pt",),
+            nan_at_step=NAN_AT_STEP,
+        ),
     ]
 
 
@@ -430,8 +620,9 @@ def bad_input_results(tmp_path_factory) -> dict[str, BadInput]:
 
 
 def _tracked_digest() -> str:
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split("\0")
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
     h = hashlib.sha256()
     for f in sorted(filter(None, files)):
         p = REPO / f
@@ -445,6 +636,9 @@ def pytest_sessionstart(session):
 
 def pytest_sessionfinish(session, exitstatus):
     if _tracked_digest() != session.config._larsvae_tree:
-        print("\nERROR: the test suite modified tracked files of the working tree "
-              "(`git status` shows which); tests must write only under tmp dirs", file=sys.stderr)
+        print(
+            "\nERROR: the test suite modified tracked files of the working tree "
+            "(`git status` shows which); tests must write only under tmp dirs",
+            file=sys.stderr,
+        )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -15,11 +15,28 @@ from larsvae import cli
 from larsvae.zestimate import ZEstimate
 
 CASES = [
-    "unknown_dataset", "missing_mirror", "unknown_arch", "unknown_prior", "truncation_zero",
-    "iterations_negative", "iterations_noninteger", "eps_above_one", "eps_zero", "typo_key",
-    "bad_json", "missing_dataset", "corrupt_dataset", "truncated_checkpoint",
-    "truncated_checkpoint_init", "posthoc_wrong_arch", "posthoc_not_gaussian",
-    "lars_without_z", "z_underflow", "incomplete_shards", "duplicate_shards", "nan_loss",
+    "unknown_dataset",
+    "missing_mirror",
+    "unknown_arch",
+    "unknown_prior",
+    "truncation_zero",
+    "iterations_negative",
+    "iterations_noninteger",
+    "eps_above_one",
+    "eps_zero",
+    "typo_key",
+    "bad_json",
+    "missing_dataset",
+    "corrupt_dataset",
+    "truncated_checkpoint",
+    "truncated_checkpoint_init",
+    "posthoc_wrong_arch",
+    "posthoc_not_gaussian",
+    "lars_without_z",
+    "z_underflow",
+    "incomplete_shards",
+    "duplicate_shards",
+    "nan_loss",
 ]
 
 
@@ -58,21 +75,74 @@ def test_estimate_reduce_evaluate_sample(tmp_path, tiny_dataset_npz):
     """Happy path, in-process: sharded Z merges exactly into the unsharded estimate, and
     evaluate reports the NLL with Z, its SE and the acceptance statistics."""
     ckpt = tmp_path / "m" / "model.pt"
-    assert cli.main(["train", "--dataset-file", str(tiny_dataset_npz), "--arch", "vae",
-                     "--prior", "lars", "--seed", "0", "--model-params", json.dumps(SMALL_MODEL),
-                     "--train-params", '{"iterations": 5, "batch_size": 16}',
-                     "--out", str(ckpt), "--no-progress"]) == 0
-    ep = json.dumps({"z_samples": 4000, "z_batch": 500, "iwae_k": 20, "iwae_k_chunk": 10,
-                     "test_subset": 16})
+    assert (
+        cli.main(
+            [
+                "train",
+                "--dataset-file",
+                str(tiny_dataset_npz),
+                "--arch",
+                "vae",
+                "--prior",
+                "lars",
+                "--seed",
+                "0",
+                "--model-params",
+                json.dumps(SMALL_MODEL),
+                "--train-params",
+                '{"iterations": 5, "batch_size": 16}',
+                "--out",
+                str(ckpt),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    ep = json.dumps(
+        {"z_samples": 4000, "z_batch": 500, "iwae_k": 20, "iwae_k_chunk": 10, "test_subset": 16}
+    )
     shards = []
     for i in range(2):
         shards.append(tmp_path / f"z/shard{i}of2.json")
-        assert cli.main(["estimate-z", "--checkpoint", str(ckpt), "--shard", str(i),
-                         "--num-shards", "2", "--eval-params", ep, "--out", str(shards[-1]),
-                         "--no-progress"]) == 0
+        assert (
+            cli.main(
+                [
+                    "estimate-z",
+                    "--checkpoint",
+                    str(ckpt),
+                    "--shard",
+                    str(i),
+                    "--num-shards",
+                    "2",
+                    "--eval-params",
+                    ep,
+                    "--out",
+                    str(shards[-1]),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     whole = tmp_path / "z/shard0of1.json"
-    assert cli.main(["estimate-z", "--checkpoint", str(ckpt), "--shard", "0", "--num-shards",
-                     "1", "--eval-params", ep, "--out", str(whole), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "estimate-z",
+                "--checkpoint",
+                str(ckpt),
+                "--shard",
+                "0",
+                "--num-shards",
+                "1",
+                "--eval-params",
+                ep,
+                "--out",
+                str(whole),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     zpath = tmp_path / "z.json"
     assert cli.main(["reduce-z", "--out", str(zpath), *map(str, reversed(shards))]) == 0
     merged = ZEstimate.from_dict(json.loads(zpath.read_text())["estimate"])
@@ -80,9 +150,25 @@ def test_estimate_reduce_evaluate_sample(tmp_path, tiny_dataset_npz):
     assert (merged.n, merged.sum, merged.sum_sq) == (single.n, single.sum, single.sum_sq)
     assert 0.0 < merged.mean <= 1.0 and merged.stderr > 0
     nll_path = tmp_path / "nll.json"
-    assert cli.main(["evaluate", "--checkpoint", str(ckpt), "--z", str(zpath),
-                     "--dataset-file", str(tiny_dataset_npz), "--eval-params", ep,
-                     "--out", str(nll_path), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(ckpt),
+                "--z",
+                str(zpath),
+                "--dataset-file",
+                str(tiny_dataset_npz),
+                "--eval-params",
+                ep,
+                "--out",
+                str(nll_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     r = json.loads(nll_path.read_text())
     assert r["n"] == 16 and r["k"] == 20 and math.isfinite(r["nll"]) and r["nll"] > 0
     assert r["log_z"] == pytest.approx(math.log(merged.mean), abs=1e-12)
@@ -96,11 +182,20 @@ def test_estimate_reduce_evaluate_sample(tmp_path, tiny_dataset_npz):
 
 
 def _shard_file(path, est, shard, num_shards):
-    path.write_text(json.dumps({
-        "checkpoint": "m.pt", "checkpoint_sha256": "0" * 64, "shard": shard,
-        "num_shards": num_shards, "seed": est.seed, "z_samples": est.num_samples,
-        "antithetic": est.antithetic, "estimate": est.to_dict(),
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "checkpoint": "m.pt",
+                "checkpoint_sha256": "0" * 64,
+                "shard": shard,
+                "num_shards": num_shards,
+                "seed": est.seed,
+                "z_samples": est.num_samples,
+                "antithetic": est.antithetic,
+                "estimate": est.to_dict(),
+            }
+        )
+    )
     return str(path)
 
 
@@ -136,38 +231,100 @@ def test_reduce_z_rejects_mismatched_or_incomplete_shards(tmp_path, capsys):
     assert json.loads(out.read_text())["z"] == whole.mean
 
 
-def test_estimate_z_odd_sizes_with_antithetic_pairs_is_a_user_error(tmp_path, tiny_dataset_npz,
-                                                                      capsys):
+def test_estimate_z_odd_sizes_with_antithetic_pairs_is_a_user_error(
+    tmp_path, tiny_dataset_npz, capsys
+):
     """Antithetic pairs need even z_batch and z_samples: one line naming the keys, exit 2,
     no shard file (this used to be a ValueError traceback from estimate_z)."""
     ckpt = tmp_path / "m" / "model.pt"
-    assert cli.main(["train", "--dataset-file", str(tiny_dataset_npz), "--arch", "vae",
-                     "--prior", "lars", "--seed", "0", "--model-params", json.dumps(SMALL_MODEL),
-                     "--train-params", '{"iterations": 2, "batch_size": 16}',
-                     "--out", str(ckpt), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--dataset-file",
+                str(tiny_dataset_npz),
+                "--arch",
+                "vae",
+                "--prior",
+                "lars",
+                "--seed",
+                "0",
+                "--model-params",
+                json.dumps(SMALL_MODEL),
+                "--train-params",
+                '{"iterations": 2, "batch_size": 16}',
+                "--out",
+                str(ckpt),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     out = tmp_path / "shard0of1.json"
     for ep in ({"z_samples": 4000, "z_batch": 501}, {"z_samples": 4001, "z_batch": 500}):
-        rc = cli.main(["estimate-z", "--checkpoint", str(ckpt), "--shard", "0",
-                       "--num-shards", "1", "--eval-params", json.dumps(ep), "--out", str(out),
-                       "--no-progress"])
+        rc = cli.main(
+            [
+                "estimate-z",
+                "--checkpoint",
+                str(ckpt),
+                "--shard",
+                "0",
+                "--num-shards",
+                "1",
+                "--eval-params",
+                json.dumps(ep),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1, err
         assert err[0].startswith("larsvae: error: evaluate.z_batch, evaluate.z_samples"), err
         assert not out.exists()
     # plain Monte Carlo accepts odd sizes
     ep = {"z_samples": 4001, "z_batch": 501, "z_antithetic": False}
-    assert cli.main(["estimate-z", "--checkpoint", str(ckpt), "--shard", "0", "--num-shards",
-                     "1", "--eval-params", json.dumps(ep), "--out", str(out),
-                     "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "estimate-z",
+                "--checkpoint",
+                str(ckpt),
+                "--shard",
+                "0",
+                "--num-shards",
+                "1",
+                "--eval-params",
+                json.dumps(ep),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["estimate"]["n"] == 4001
 
 
-@pytest.mark.parametrize("command", [
-    ["train", "--dataset-file", "x.npz", "--arch", "vae", "--prior", "lars", "--out", "m.pt"],
-    ["estimate-z", "--checkpoint", "m.pt", "--shard", "0", "--num-shards", "1", "--out", "z.json"],
-    ["sample", "--checkpoint", "m.pt", "--out", "s.png"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--dataset-file", "x.npz", "--arch", "vae", "--prior", "lars", "--out", "m.pt"],
+        [
+            "estimate-z",
+            "--checkpoint",
+            "m.pt",
+            "--shard",
+            "0",
+            "--num-shards",
+            "1",
+            "--out",
+            "z.json",
+        ],
+        ["sample", "--checkpoint", "m.pt", "--out", "s.png"],
+    ],
+)
 def test_negative_seed_is_a_user_error(command, capsys):
     """A negative --seed used to reach numpy's SeedSequence / estimate_z as a traceback."""
     assert cli.main([*command, "--seed", "-1"]) == 2

@@ -34,12 +34,23 @@ def _probes(cls, f) -> list[tuple[object, bool]]:
     m = f.metadata
     out: list[tuple[object, bool]] = [("text", kind == "str"), (None, nullable)]
     if kind == "int":
-        out += [(m["lo"], True), (m["lo"] - 1, False), (m["lo"] + 10**6, True), (2.5, False),
-                (True, False)]
+        out += [
+            (m["lo"], True),
+            (m["lo"] - 1, False),
+            (m["lo"] + 10**6, True),
+            (2.5, False),
+            (True, False),
+        ]
     elif kind == "float":
         lo, hi = m["lo"], m["hi"]
-        out += [(lo, not m["lo_open"]), (lo - 1e-9, False), ((lo + hi) / 2, True), (hi, True),
-                (hi + 1e-9, False), (True, False)]
+        out += [
+            (lo, not m["lo_open"]),
+            (lo - 1e-9, False),
+            ((lo + hi) / 2, True),
+            (hi, True),
+            (hi + 1e-9, False),
+            (True, False),
+        ]
     elif kind == "widths":
         out += [([m["lo"], m["lo"] + 3], True), ([m["lo"] - 1], False), ([], False), (7, False)]
     elif kind == "bool":
@@ -47,8 +58,9 @@ def _probes(cls, f) -> list[tuple[object, bool]]:
     return out
 
 
-@pytest.mark.parametrize(("section", "cls", "f"), FIELDS,
-                         ids=[f"{s}.{f.name}" for s, _, f in FIELDS])
+@pytest.mark.parametrize(
+    ("section", "cls", "f"), FIELDS, ids=[f"{s}.{f.name}" for s, _, f in FIELDS]
+)
 def test_schema_and_parser_agree_on_every_key_and_range(section, cls, f):
     for value, want in _probes(cls, f):
         assert _both(cls, section, f.name, value) == (want, want), (f.name, value)
@@ -66,9 +78,13 @@ def test_unknown_key_names_the_choices():
 
 
 def test_every_key_is_read_by_some_step():
-    read = {(s, k) for step in ("train", "train_posthoc", "estimate_z", "evaluate", "sample",
-                                "toy2d")
-            for prior in C.PRIORS for s, keys in C.step_keys(step, prior).items() for k in keys}
+    read = {
+        (s, k)
+        for step in ("train", "train_posthoc", "estimate_z", "evaluate", "sample", "toy2d")
+        for prior in C.PRIORS
+        for s, keys in C.step_keys(step, prior).items()
+        for k in keys
+    }
     read |= {("evaluate", "z_shards")}  # names the shard files (the rules' wildcard)
     declared = {(s, f.name) for s, cls in C.SECTIONS.items() for f in dataclasses.fields(cls)}
     assert declared - read == set()
@@ -86,12 +102,21 @@ def test_prior_groups_select_the_keys_each_prior_reads():
 
 def test_parse_params_applies_overrides_per_dataset_and_lists_cells():
     raw = {
-        "name": "t", "paths": {"runs": "runs/t/", "reports": "reports/t"}, "seeds": [1, 2],
+        "name": "t",
+        "paths": {"runs": "runs/t/", "reports": "reports/t"},
+        "seeds": [1, 2],
         **{name: {} for name in C.SECTIONS},
         "overrides": {"static_mnist": {"train": {"lr": 1e-3}}},
-        "experiments": [{"datasets": ["static_mnist", "omniglot"], "archs": ["vae"],
-                         "runs": [{"prior": "gaussian", "mode": "standard"},
-                                  {"prior": "lars", "mode": "posthoc"}]}],
+        "experiments": [
+            {
+                "datasets": ["static_mnist", "omniglot"],
+                "archs": ["vae"],
+                "runs": [
+                    {"prior": "gaussian", "mode": "standard"},
+                    {"prior": "lars", "mode": "posthoc"},
+                ],
+            }
+        ],
     }
     p = C.parse_params(raw)
     assert p.runs == "runs/t" and len(p.cells) == 2 * 2 * 2
@@ -100,7 +125,10 @@ def test_parse_params_applies_overrides_per_dataset_and_lists_cells():
     cell = C.Cell("static_mnist", "vae", "lars", "posthoc", 1)
     assert p.step_params("train_posthoc", cell)["posthoc"]["lr"] == C.TrainConfig().lr
     assert set(p.step_params("estimate_z", cell)["evaluate"]) == {
-        "z_samples", "z_batch", "z_antithetic"}
+        "z_samples",
+        "z_batch",
+        "z_antithetic",
+    }
     raw["overrides"]["omniglot"] = {"model": {"truncation": 0}}
     with pytest.raises(C.ConfigError, match=r"^overrides\.omniglot\.model\.truncation"):
         C.parse_params(raw)

@@ -28,8 +28,14 @@ BIN = Path(sys.executable).parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 GPU_SLOT = REPO / "workflow" / "scripts" / "gpu_slot.py"
 RULE_TYPES = {
-    "prepare_data", "train_standard", "train_joint", "train_posthoc",
-    "estimate_z", "reduce_z", "evaluate", "report",
+    "prepare_data",
+    "train_standard",
+    "train_joint",
+    "train_posthoc",
+    "estimate_z",
+    "reduce_z",
+    "evaluate",
+    "report",
 }  # (toy2d and sample_grid are not needed by table1.md)
 
 
@@ -47,7 +53,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _run(cmd, cwd, timeout=600, **env):
-    return subprocess.run(cmd, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,24 +75,42 @@ def test_params_files_validate_and_build_every_cell(budget, tmp_path):
     """Each params file passes the schema and the library checks, and its DAG has one
     evaluation per configured cell (Z only for LARS cells, the right number of shards), all
     under the budget's own paths."""
-    r = _run(SNAKEMAKE + ["--summary", "--configfile", str(REPO / f"params/{budget}.yaml"),
-                          "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path)],
-             REPO, timeout=120)
+    r = _run(
+        SNAKEMAKE
+        + [
+            "--summary",
+            "--configfile",
+            str(REPO / f"params/{budget}.yaml"),
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+        ],
+        REPO,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     outs = {line.split("\t")[0] for line in r.stdout.splitlines()[1:] if line.strip()}
     cfg = yaml.safe_load((REPO / f"params/{budget}.yaml").read_text())
     lay = Layout(cfg["paths"]["runs"], cfg["paths"]["reports"])
     cells = {
         (d, a, run["prior"], run["mode"], s)
-        for e in cfg["experiments"] for d in e["datasets"] for a in e["archs"]
-        for run in e["runs"] for s in cfg["seeds"]
+        for e in cfg["experiments"]
+        for d in e["datasets"]
+        for a in e["archs"]
+        for run in e["runs"]
+        for s in cfg["seeds"]
     }
     cell = [dict(dataset=d, arch=a, prior=p, mode=m, seed=s) for d, a, p, m, s in sorted(cells)]
     assert {o for o in outs if o.endswith("/nll.json")} == {lay.nll(**c) for c in cell}
     for c in cell:
         shards = {o for o in outs if o.startswith(lay.z(**c)[: -len(".json")] + "/")}
-        n = cfg["overrides"].get(c["dataset"], {}).get("evaluate", {}).get(
-            "z_shards", cfg["evaluate"]["z_shards"])
+        n = (
+            cfg["overrides"]
+            .get(c["dataset"], {})
+            .get("evaluate", {})
+            .get("z_shards", cfg["evaluate"]["z_shards"])
+        )
         expect = {lay.z_shard(**c, shard=i, nshards=n) for i in range(n)}
         assert shards == (expect if c["prior"] in lconfig.LARS_PRIORS else set())
         if c["mode"] == "posthoc":  # post-hoc LARS needs the standard-prior checkpoint of its cell
@@ -99,13 +125,25 @@ def test_paper_params_are_appendix_c3():
     t, m, e = cfg["train"], cfg["model"], cfg["evaluate"]
     assert (t["iterations"], t["batch_size"], t["lr"], t["lr_final"]) == (10**7, 128, 3e-4, 1e-4)
     assert (t["lr_decay_step"], t["warmup_steps"]) == (10**6, 10**5)
-    assert (m["acceptance_hidden"], m["truncation"], m["train_z_samples"]) == ([100, 100], 100, 2**10)
+    assert (m["acceptance_hidden"], m["truncation"], m["train_z_samples"]) == (
+        [100, 100],
+        100,
+        2**10,
+    )
     assert (e["z_samples"], e["iwae_k"], e["test_subset"]) == (10**10, 1000, None)
     st = cfg["overrides"]["static_mnist"]["train"]  # staticMNIST: halved times, early stopping
-    assert (st["warmup_steps"], st["lr_decay_step"]) == (t["warmup_steps"] // 2, t["lr_decay_step"] // 2)
+    assert (st["warmup_steps"], st["lr_decay_step"]) == (
+        t["warmup_steps"] // 2,
+        t["lr_decay_step"] // 2,
+    )
     assert st["early_stopping_patience"] > 0 and st["eval_every"] > 0
-    grid = {(d, a, r["prior"], r["mode"]) for x in cfg["experiments"] for d in x["datasets"]
-            for a in x["archs"] for r in x["runs"]}
+    grid = {
+        (d, a, r["prior"], r["mode"])
+        for x in cfg["experiments"]
+        for d in x["datasets"]
+        for a in x["archs"]
+        for r in x["runs"]
+    }
     for d in lconfig.DATASETS:
         for a in lconfig.ARCHS:
             assert {(d, a, "gaussian", "standard"), (d, a, "lars", "standard")} <= grid
@@ -113,10 +151,12 @@ def test_paper_params_are_appendix_c3():
 
 def test_committed_schema_is_generated_from_the_config_dataclasses():
     """workflow/schemas/params.schema.yaml is `python -m larsvae.config`'s output, verbatim."""
-    r = subprocess.run([sys.executable, "-m", "larsvae.config"], capture_output=True, text=True,
-                       check=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "larsvae.config"], capture_output=True, text=True, check=True
+    )
     assert (REPO / "workflow/schemas/params.schema.yaml").read_text() == r.stdout, (
-        "schema out of date: python -m larsvae.config > workflow/schemas/params.schema.yaml")
+        "schema out of date: python -m larsvae.config > workflow/schemas/params.schema.yaml"
+    )
 
 
 @pytest.mark.parametrize(
@@ -125,22 +165,49 @@ def test_committed_schema_is_generated_from_the_config_dataclasses():
         (lambda c: c["train"].__setitem__("lr", -1), "train.lr"),
         (lambda c: c["model"].__setitem__("latent_dm", 8), "model.latent_dm: unknown key"),
         (lambda c: c.__setitem__("trian", {}), "trian: unknown key"),
-        (lambda c: c["experiments"][0]["runs"][0].__setitem__("prior", "larz"),
-         "experiments[0].runs[0].prior"),
-        (lambda c: c.setdefault("overrides", {}).__setitem__(
-            "static_mnist", {"model": {"truncation": 0}}), "overrides.static_mnist.model.truncation"),
-        (lambda c: c["experiments"][0]["runs"].append({"prior": "gaussian", "mode": "posthoc"}),
-         "experiments[0].runs[3]"),
+        (
+            lambda c: c["experiments"][0]["runs"][0].__setitem__("prior", "larz"),
+            "experiments[0].runs[0].prior",
+        ),
+        (
+            lambda c: c.setdefault("overrides", {}).__setitem__(
+                "static_mnist", {"model": {"truncation": 0}}
+            ),
+            "overrides.static_mnist.model.truncation",
+        ),
+        (
+            lambda c: c["experiments"][0]["runs"].append({"prior": "gaussian", "mode": "posthoc"}),
+            "experiments[0].runs[3]",
+        ),
     ],
-    ids=["negative-lr", "typo-key", "typo-section", "unknown-prior", "override-T0", "posthoc-gaussian"],
+    ids=[
+        "negative-lr",
+        "typo-key",
+        "typo-section",
+        "unknown-prior",
+        "override-T0",
+        "posthoc-gaussian",
+    ],
 )
 def test_bad_params_fail_naming_the_key(edit, key, tmp_path):
     cfg = yaml.safe_load((REPO / "params/smoke.yaml").read_text())
     edit(cfg)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(cfg))
-    r = _run(SNAKEMAKE + ["-n", "--configfile", str(bad), "--snakefile", str(REPO / "Snakefile"),
-                          "--directory", str(tmp_path)], REPO, timeout=120)
+    r = _run(
+        SNAKEMAKE
+        + [
+            "-n",
+            "--configfile",
+            str(bad),
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+        ],
+        REPO,
+        timeout=120,
+    )
     assert r.returncode != 0
     msg = r.stdout + r.stderr
     assert f"params: {key}" in msg, msg[-2000:]
@@ -148,14 +215,18 @@ def test_bad_params_fail_naming_the_key(edit, key, tmp_path):
 
 
 def _load_dvc_stages_module():
-    spec = importlib.util.spec_from_file_location("dvc_stages", REPO / "workflow/scripts/dvc_stages.py")
+    spec = importlib.util.spec_from_file_location(
+        "dvc_stages", REPO / "workflow/scripts/dvc_stages.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
 def _stage_paths(stage: dict) -> dict[str, set[str]]:
-    return {kind: {next(iter(o)) for o in stage.get(kind, [])} for kind in ("outs", "metrics", "plots")}
+    return {
+        kind: {next(iter(o)) for o in stage.get(kind, [])} for kind in ("outs", "metrics", "plots")
+    }
 
 
 def test_dvc_yaml_matches_the_snakemake_dag():
@@ -200,8 +271,13 @@ PROBE = (
 
 
 def _probe(env, sleep=0.0):
-    return subprocess.Popen([sys.executable, str(GPU_SLOT), "--", sys.executable, "-c", PROBE, str(sleep)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(GPU_SLOT), "--", sys.executable, "-c", PROBE, str(sleep)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_gpu_slot_concurrent_jobs_get_distinct_devices(tmp_path):
@@ -211,7 +287,7 @@ def test_gpu_slot_concurrent_jobs_get_distinct_devices(tmp_path):
     assert all(p.returncode == 0 for p in procs)
     assert {r["dev"] for r in runs} == {"0", "1"}
     for i, a in enumerate(runs):  # jobs on one device never overlap in time
-        for b in runs[i + 1:]:
+        for b in runs[i + 1 :]:
             if a["dev"] == b["dev"]:
                 assert a["t1"] <= b["t0"] or b["t1"] <= a["t0"], (a, b)
     # 5 jobs x 0.8 s on 2 devices: at least 3 rounds (>= 2.4 s), so the slots did serialise
@@ -226,10 +302,12 @@ def test_gpu_slot_uses_only_the_visible_devices(tmp_path):
 
 @pytest.mark.parametrize(
     ("extra", "dev"),
-    [({"LARSVAE_FAKE_GPUS": "0"}, None),  # CPU-only machine: unchanged
-     ({"CUDA_VISIBLE_DEVICES": "3"}, "3"),  # already pinned (e.g. SLURM gres): kept
-     ({"CUDA_VISIBLE_DEVICES": "0,1", "SLURM_JOB_GPUS": "0,1"}, "0,1"),  # scheduler's choice
-     ({"CUDA_VISIBLE_DEVICES": ""}, "")],
+    [
+        ({"LARSVAE_FAKE_GPUS": "0"}, None),  # CPU-only machine: unchanged
+        ({"CUDA_VISIBLE_DEVICES": "3"}, "3"),  # already pinned (e.g. SLURM gres): kept
+        ({"CUDA_VISIBLE_DEVICES": "0,1", "SLURM_JOB_GPUS": "0,1"}, "0,1"),  # scheduler's choice
+        ({"CUDA_VISIBLE_DEVICES": ""}, ""),
+    ],
     ids=["cpu", "pinned", "slurm", "empty"],
 )
 def test_gpu_slot_passes_through(extra, dev, tmp_path):
@@ -256,8 +334,12 @@ def test_gpu_slot_released_when_the_job_is_killed(tmp_path):
 
 
 def test_gpu_slot_missing_command_exits_127(tmp_path):
-    r = subprocess.run([sys.executable, str(GPU_SLOT), "--", "no-such-command-xyz"],
-                       env=_slot_env(LARSVAE_FAKE_GPUS="0"), capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(GPU_SLOT), "--", "no-such-command-xyz"],
+        env=_slot_env(LARSVAE_FAKE_GPUS="0"),
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 127 and "no-such-command-xyz" in r.stderr
 
 
@@ -273,15 +355,19 @@ def clone(tmp_path_factory):
     subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(REPO), str(dst)], check=True)
     files = subprocess.run(
         ["git", "ls-files", "-z", "--modified", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\0")
     for f in filter(None, files):
         src = REPO / f
         if src.is_file():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / f)
-    for f in subprocess.run(["git", "ls-files", "-z", "--deleted"], cwd=REPO, capture_output=True,
-                            text=True, check=True).stdout.split("\0"):
+    for f in subprocess.run(
+        ["git", "ls-files", "-z", "--deleted"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0"):
         if f:
             (dst / f).unlink(missing_ok=True)
     return dst
@@ -295,9 +381,11 @@ def _rules_run(workdir: Path) -> set[str]:
 
 
 SMOKE = Layout("runs/smoke", "runs/smoke/reports")
-SMOKE_CELLS = {"gaussian_standard": dict(prior="gaussian", mode="standard"),
-               "lars_standard": dict(prior="lars", mode="standard"),
-               "lars_posthoc": dict(prior="lars", mode="posthoc")}
+SMOKE_CELLS = {
+    "gaussian_standard": dict(prior="gaussian", mode="standard"),
+    "lars_standard": dict(prior="lars", mode="standard"),
+    "lars_posthoc": dict(prior="lars", mode="posthoc"),
+}
 
 
 def _smoke_cell(key: str) -> dict:
@@ -322,16 +410,24 @@ def _check_smoke_outputs(root: Path) -> dict:
         if key == "gaussian_standard":  # no Z for the standard prior
             assert not zfile.exists() and "z" not in res
             continue
-        shards = [ZEstimate.from_dict(json.loads((root / SMOKE.z_shard(**c, shard=i, nshards=2))
-                                                 .read_text())["estimate"]) for i in range(2)]
+        shards = [
+            ZEstimate.from_dict(
+                json.loads((root / SMOKE.z_shard(**c, shard=i, nshards=2)).read_text())["estimate"]
+            )
+            for i in range(2)
+        ]
         z = json.loads(zfile.read_text())
         # the reduce step is exact: the pooled mean of the shards' sufficient statistics
         pooled = sum(s.sum for s in shards) / sum(s.n for s in shards)
         assert z["z"] == pytest.approx(pooled, rel=1e-12)
         assert 0 < z["z"] <= 1 and res["z"] == pytest.approx(z["z"], rel=1e-12)
     gains = metrics["gain"]["dynamic_mnist"]["vae"]
-    assert gains["standard"] == pytest.approx(nll["gaussian_standard"] - nll["lars_standard"], abs=1e-3)
-    assert gains["posthoc"] == pytest.approx(nll["gaussian_standard"] - nll["lars_posthoc"], abs=1e-3)
+    assert gains["standard"] == pytest.approx(
+        nll["gaussian_standard"] - nll["lars_standard"], abs=1e-3
+    )
+    assert gains["posthoc"] == pytest.approx(
+        nll["gaussian_standard"] - nll["lars_posthoc"], abs=1e-3
+    )
     # paper values beside ours; cells not run shown as a dash; the budget is stated
     assert "84.97" in table and "83.03" in table and "228.68" in table
     assert "— / 89.11" in table and "Budget **`smoke`**" in table
@@ -346,8 +442,20 @@ def _check_smoke_outputs(root: Path) -> dict:
 def test_smoke_dag_end_to_end(clone):
     t0 = time.time()
     # (the target goes first: --configfile takes several values and would swallow it)
-    r = _run(SNAKEMAKE + ["--cores", "2", "-s", "Snakefile", SMOKE.report("table1.md"),
-                          "--configfile", "params/smoke.yaml"], clone, timeout=900)
+    r = _run(
+        SNAKEMAKE
+        + [
+            "--cores",
+            "2",
+            "-s",
+            "Snakefile",
+            SMOKE.report("table1.md"),
+            "--configfile",
+            "params/smoke.yaml",
+        ],
+        clone,
+        timeout=900,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     print(f"smoke DAG: {time.time() - t0:.1f} s")
     assert RULE_TYPES <= _rules_run(clone), _rules_run(clone)
@@ -357,8 +465,9 @@ def test_smoke_dag_end_to_end(clone):
     assert "it/s" in log or "s/it" in log
     assert len(list((clone / SMOKE.runs / "logs/estimate_z").rglob("shard*of2.log"))) == 4
     # the DAG is cached: a second call has nothing to do
-    r = _run(SNAKEMAKE + ["-n", SMOKE.report("table1.md"), "--configfile", "params/smoke.yaml"],
-             clone)
+    r = _run(
+        SNAKEMAKE + ["-n", SMOKE.report("table1.md"), "--configfile", "params/smoke.yaml"], clone
+    )
     assert "Nothing to be done" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
 
 
@@ -416,11 +525,19 @@ def test_dvc_repro_smoke(clone):
 #: smoke jobs -> the jobs that consume their outputs (the DAG, written out by hand)
 _G, _J, _P = "gaussian/standard", "lars/standard", "lars/posthoc"
 _DOWNSTREAM = {
-    "prepare_data": [f"train:{_G}", f"train:{_J}", f"train:{_P}", f"evaluate:{_G}",
-                     f"evaluate:{_J}", f"evaluate:{_P}"],
+    "prepare_data": [
+        f"train:{_G}",
+        f"train:{_J}",
+        f"train:{_P}",
+        f"evaluate:{_G}",
+        f"evaluate:{_J}",
+        f"evaluate:{_P}",
+    ],
     f"train:{_G}": [f"train:{_P}", f"evaluate:{_G}", f"sample_grid:{_G}", "report"],
-    **{f"train:{c}": [f"estimate_z:{c}", f"evaluate:{c}", f"sample_grid:{c}", "report"]
-       for c in (_J, _P)},
+    **{
+        f"train:{c}": [f"estimate_z:{c}", f"evaluate:{c}", f"sample_grid:{c}", "report"]
+        for c in (_J, _P)
+    },
     **{f"estimate_z:{c}": [f"reduce_z:{c}"] for c in (_J, _P)},
     **{f"reduce_z:{c}": [f"evaluate:{c}", "report"] for c in (_J, _P)},
     **{f"evaluate:{c}": ["report"] for c in (_G, _J, _P)},
@@ -470,7 +587,9 @@ def _closure(jobs: set[str]) -> set[str]:
 
 
 def _job_label(rule: str, outputs: str) -> str:
-    rule = {"train_standard": "train", "train_joint": "train", "train_posthoc": "train"}.get(rule, rule)
+    rule = {"train_standard": "train", "train_joint": "train", "train_posthoc": "train"}.get(
+        rule, rule
+    )
     cell = re.search(r"[/_](gaussian|lars)[/_](standard|posthoc)[/_]", outputs)
     return f"{rule}:{cell.group(1)}/{cell.group(2)}" if cell else rule
 
@@ -508,8 +627,9 @@ _STRUCTURAL = {"seeds", "experiments", "overrides", "paths.runs", "paths.reports
 @pytest.mark.e2e
 def test_changing_one_key_reruns_exactly_the_jobs_that_read_it(clone, tmp_path):
     assert (clone / SMOKE.report("table1.md")).exists(), "needs the finished smoke run above"
-    keys = [k for k in _load_dvc_stages_module().param_keys("params/smoke.yaml")
-            if k not in _STRUCTURAL]
+    keys = [
+        k for k in _load_dvc_stages_module().param_keys("params/smoke.yaml") if k not in _STRUCTURAL
+    ]
     assert len(keys) > 35
     base = yaml.safe_load((clone / "params/smoke.yaml").read_text())
 
@@ -540,14 +660,22 @@ def test_changing_one_key_reruns_exactly_the_jobs_that_read_it(clone, tmp_path):
 def test_paper_target_plans_the_whole_grid_in_a_fresh_clone(clone):
     """The design card's command plans the paper grid: no committed report of another budget
     stands in for it (each budget owns its outputs)."""
-    r = _run(SNAKEMAKE + ["-n", "reports/table1.md", "--cores", "all", "--resources", "gpu=4"],
-             clone, timeout=300)
+    r = _run(
+        SNAKEMAKE + ["-n", "reports/table1.md", "--cores", "all", "--resources", "gpu=4"],
+        clone,
+        timeout=300,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout.split("Job stats:")[1], flags=re.M))
     counts = {k: int(v) for k, v in stats.items()}
     cfg = yaml.safe_load((REPO / "params/paper.yaml").read_text())
-    runs = [(d, a, run["prior"], run["mode"]) for e in cfg["experiments"] for d in e["datasets"]
-            for a in e["archs"] for run in e["runs"]]
+    runs = [
+        (d, a, run["prior"], run["mode"])
+        for e in cfg["experiments"]
+        for d in e["datasets"]
+        for a in e["archs"]
+        for run in e["runs"]
+    ]
     n_cells = len(set(runs)) * len(cfg["seeds"])
     n_train = counts["train_standard"] + counts["train_joint"] + counts.get("train_posthoc", 0)
     assert n_train == n_cells >= 24
@@ -572,11 +700,23 @@ def test_report_tables_from_known_results(tmp_path):
             res = {"nll": v, "nll_stderr": 0.5, "k": 1000, "n": 10000}
             if prior == "lars":
                 res.update(z=0.25, z_stderr=1e-4, nll_z_stderr=4e-4, acceptance_rate=0.25)
-                (d / "z.json").write_text(json.dumps({"z": 0.25, "z_stderr": 1e-4, "estimate": {"n": 10}}))
+                (d / "z.json").write_text(
+                    json.dumps({"z": 0.25, "z_stderr": 1e-4, "estimate": {"n": 10}})
+                )
             (d / "nll.json").write_text(json.dumps(res))
-            cells.append(dict(dataset="dynamic_mnist", arch="vae", prior=prior, mode=mode, seed=seed,
-                              nll=str(d / "nll.json"), z=str(d / "z.json") if prior == "lars" else None,
-                              curve="", manifest="missing.json"))
+            cells.append(
+                dict(
+                    dataset="dynamic_mnist",
+                    arch="vae",
+                    prior=prior,
+                    mode=mode,
+                    seed=seed,
+                    nll=str(d / "nll.json"),
+                    z=str(d / "z.json") if prior == "lars" else None,
+                    curve="",
+                    manifest="missing.json",
+                )
+            )
     spec = {"name": "unit", "seeds": [1, 2], "cells": cells, "budget": {}}
     res = load_results(spec, tmp_path)
     now = now_utc()
@@ -603,10 +743,15 @@ def test_report_header_names_the_omniglot_version(tmp_path):
     from larsvae.data.prepare import OMNIGLOT_VERSION
     from larsvae.reports.table1 import _data_versions
 
-    manifest = {"dataset": "omniglot", "format_version": 1, "variant": "omniglot-105",
-                "omniglot_version": OMNIGLOT_VERSION, "files": [{"source": "mirror"}],
-                "splits": {"train": {"n": 23000}, "valid": {"n": 1345}, "test": {"n": 8115}},
-                "array_sha256": {"test": "ab" * 32}}
+    manifest = {
+        "dataset": "omniglot",
+        "format_version": 1,
+        "variant": "omniglot-105",
+        "omniglot_version": OMNIGLOT_VERSION,
+        "files": [{"source": "mirror"}],
+        "splits": {"train": {"n": 23000}, "valid": {"n": 1345}, "test": {"n": 8115}},
+        "array_sha256": {"test": "ab" * 32},
+    }
     (tmp_path / "omniglot.json").write_text(json.dumps(manifest))
     (line,) = _data_versions({"cells": [{"manifest": "omniglot.json"}]}, tmp_path)
     assert f"Omniglot version {OMNIGLOT_VERSION.split(':')[0]}" in line

@@ -80,9 +80,14 @@ def test_write_reliability_report(kill_resume_result, bad_input_results, tmp_pat
         cmd = "larsvae " + " ".join(shlex.quote(_short(a, root)) for a in c.args[:2])
         msg = _short(c.stderr.strip(), root).replace("|", "\\|").replace("\n", "<br>")
         one_line = len(c.stderr.strip("\n").splitlines()) == 1
-        ok = (c.rc == c.rc_expected and one_line and "Traceback" not in c.stderr
-              and c.stderr.startswith("larsvae: error: ") and not c.leftovers
-              and all(e in c.stderr for e in c.expect))
+        ok = (
+            c.rc == c.rc_expected
+            and one_line
+            and "Traceback" not in c.stderr
+            and c.stderr.startswith("larsvae: error: ")
+            and not c.leftovers
+            and all(e in c.stderr for e in c.expect)
+        )
         all_ok &= ok
         left = ", ".join(c.leftovers) if c.leftovers else "none"
         if c.allowed_leftovers:
@@ -90,9 +95,12 @@ def test_write_reliability_report(kill_resume_result, bad_input_results, tmp_pat
         lines.append(f"| {c.description} | `{cmd} ...` | {c.rc} | `{msg}` | {left} |")
     lines += [
         "",
-        (f"**No partial output was found after any of the {len(bad_input_results)} bad "
-         "inputs**; every one produced a single `larsvae: error:` line naming the key or file."
-         if all_ok else "**Some bad inputs did not behave as required (see the table).**"),
+        (
+            f"**No partial output was found after any of the {len(bad_input_results)} bad "
+            "inputs**; every one produced a single `larsvae: error:` line naming the key or file."
+            if all_ok
+            else "**Some bad inputs did not behave as required (see the table).**"
+        ),
         "",
         "The NaN case injects a NaN into the loss at step 8 of a 20-step run with checkpoints "
         "every 5 steps; the last good checkpoint (`model.pt.resume.pt`, step 5) is kept so "

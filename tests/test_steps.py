@@ -17,8 +17,15 @@ from larsvae.zestimate import ZEstimate
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-EVAL = EvalConfig(z_samples=4000, z_shards=2, z_batch=500, iwae_k=20, iwae_k_chunk=10,
-                  iwae_batch=8, test_subset=16)
+EVAL = EvalConfig(
+    z_samples=4000,
+    z_shards=2,
+    z_batch=500,
+    iwae_k=20,
+    iwae_k_chunk=10,
+    iwae_batch=8,
+    test_subset=16,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +40,9 @@ def cells(tmp_path_factory):
         out[name] = root / name / "model.pt"
         steps.train(data, "vae", prior, 1, mcfg, tcfg, out[name], progress=False)
     out["posthoc"] = root / "posthoc" / "model.pt"
-    steps.train(data, "vae", "lars", 1, mcfg, tcfg, out["posthoc"], init=out["gaussian"],
-                progress=False)
+    steps.train(
+        data, "vae", "lars", 1, mcfg, tcfg, out["posthoc"], init=out["gaussian"], progress=False
+    )
     return out
 
 
@@ -48,8 +56,9 @@ def test_sharded_z_reduces_to_the_unsharded_estimate_and_evaluates(cells, cell, 
     whole = steps.estimate_z(ckpt, EVAL, 0, 1, tmp_path / "whole.json", progress=False)
     assert z["z"] == ZEstimate.from_dict(whole["estimate"]).mean  # bitwise: the same batches
     assert 0 < z["z"] <= 1 and z["z_stderr"] > 0
-    nll = steps.evaluate(ckpt, cells["data"], EVAL, tmp_path / "nll.json", z=tmp_path / "z.json",
-                         progress=False)
+    nll = steps.evaluate(
+        ckpt, cells["data"], EVAL, tmp_path / "nll.json", z=tmp_path / "z.json", progress=False
+    )
     assert json.loads((tmp_path / "nll.json").read_text()) == json.loads(json.dumps(nll))
     assert nll["mode"] == ("posthoc" if cell == "posthoc" else "standard")
     assert nll["n"] == 16 and nll["k"] == 20 and math.isfinite(nll["nll"]) and nll["nll"] > 0
@@ -74,10 +83,17 @@ def test_steps_refuse_mismatched_inputs_naming_the_file(cells, tmp_path):
     with pytest.raises(UserError, match="has no normalising constant Z"):
         steps.estimate_z(cells["gaussian"], EVAL, 0, 1, tmp_path / "z.json", progress=False)
     with pytest.raises(UserError, match="'gaussian' standard checkpoint"):
-        steps.train(cells["data"], "vae", "lars", 1, model_config(SMALL_MODEL),
-                    train_config({"iterations": 1}), tmp_path / "m.pt", init=cells["joint"],
-                    progress=False)
+        steps.train(
+            cells["data"],
+            "vae",
+            "lars",
+            1,
+            model_config(SMALL_MODEL),
+            train_config({"iterations": 1}),
+            tmp_path / "m.pt",
+            init=cells["joint"],
+            progress=False,
+        )
     with pytest.raises(UserError, match="--z: required"):
-        steps.evaluate(cells["joint"], cells["data"], EVAL, tmp_path / "nll.json",
-                       progress=False)
+        steps.evaluate(cells["joint"], cells["data"], EVAL, tmp_path / "nll.json", progress=False)
     assert not list(tmp_path.iterdir())  # nothing written

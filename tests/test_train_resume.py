@@ -21,10 +21,23 @@ from larsvae.models import build_model
 from larsvae.train import TrainingDiverged, fit, resume_path_for
 from larsvae.utils import TMP_PREFIX, derive_seed
 
-CFG = TrainConfig(iterations=40, batch_size=32, checkpoint_every=6, log_every=4,
-                  warmup_steps=20, lr_decay_step=25, lr=1e-3, lr_final=3e-4)
-META = {"arch": "vae", "prior": "lars", "mode": "standard", "dataset": "tiny",
-        "model_config": to_dict(model_config(SMALL_MODEL))}
+CFG = TrainConfig(
+    iterations=40,
+    batch_size=32,
+    checkpoint_every=6,
+    log_every=4,
+    warmup_steps=20,
+    lr_decay_step=25,
+    lr=1e-3,
+    lr_final=3e-4,
+)
+META = {
+    "arch": "vae",
+    "prior": "lars",
+    "mode": "standard",
+    "dataset": "tiny",
+    "model_config": to_dict(model_config(SMALL_MODEL)),
+}
 
 
 def _model(init_seed: int = 0, prior: str = "lars") -> torch.nn.Module:
@@ -38,8 +51,9 @@ def stream(tiny_dataset_npz: Path) -> BatchStream:
 
 
 def _fit(model, stream, out, cfg=CFG, **kw):
-    return fit(model, stream, cfg, out, seed=11, meta=META | {"prior": "lars"}, progress=False,
-               **kw)
+    return fit(
+        model, stream, cfg, out, seed=11, meta=META | {"prior": "lars"}, progress=False, **kw
+    )
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
@@ -65,7 +79,7 @@ def test_resume_in_process_is_bitwise_exact(tmp_path, stream):
     assert s3["resumed_from"] == 23 and s3["finished"]
     _assert_bitwise_equal(_state(ref), _state(out))
     assert float(_state(out)["top_prior.log_z"]) != 0.0  # the running Z moved and was carried
-    assert (ref.with_name("curve.tsv").read_bytes() == out.with_name("curve.tsv").read_bytes())
+    assert ref.with_name("curve.tsv").read_bytes() == out.with_name("curve.tsv").read_bytes()
     assert sorted(os.listdir(out.parent)) == ["curve.tsv", "model.pt"]
 
 
@@ -138,11 +152,23 @@ def test_nan_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path, s
 
 def test_early_stopping_keeps_the_best_weights(tmp_path, stream):
     metrics = iter([5.0, 4.0, 3.0, 3.5, 3.6, 9.0, 9.0])
-    cfg = TrainConfig(iterations=40, batch_size=32, checkpoint_every=3, eval_every=2,
-                      early_stopping_patience=2, warmup_steps=10)
+    cfg = TrainConfig(
+        iterations=40,
+        batch_size=32,
+        checkpoint_every=3,
+        eval_every=2,
+        early_stopping_patience=2,
+        warmup_steps=10,
+    )
     out = tmp_path / "es" / "model.pt"
-    s = _fit(_model(), stream, out, cfg=cfg, valid=torch.zeros(2, 784),
-             valid_metric=lambda m, x, k: next(metrics))
+    s = _fit(
+        _model(),
+        stream,
+        out,
+        cfg=cfg,
+        valid=torch.zeros(2, 784),
+        valid_metric=lambda m, x, k: next(metrics),
+    )
     assert s["stopped_early"] and s["step"] == 10 and s["best_step"] == 6
     assert s["best_valid_nll"] == 3.0
     # weights of the best evaluation == an uninterrupted run of 6 steps
@@ -156,14 +182,50 @@ def test_early_stopping_keeps_the_best_weights(tmp_path, stream):
 def test_posthoc_trains_only_the_acceptance(tmp_path, tiny_dataset_npz, capsys):
     mp = json.dumps(SMALL_MODEL)
     base = tmp_path / "gauss" / "model.pt"
-    common = ["--dataset-file", str(tiny_dataset_npz), "--arch", "vae", "--seed", "1",
-              "--model-params", mp, "--no-progress"]
-    assert cli.main(["train", *common, "--prior", "gaussian", "--out", str(base),
-                     "--train-params", '{"iterations": 6, "batch_size": 16}']) == 0
+    common = [
+        "--dataset-file",
+        str(tiny_dataset_npz),
+        "--arch",
+        "vae",
+        "--seed",
+        "1",
+        "--model-params",
+        mp,
+        "--no-progress",
+    ]
+    assert (
+        cli.main(
+            [
+                "train",
+                *common,
+                "--prior",
+                "gaussian",
+                "--out",
+                str(base),
+                "--train-params",
+                '{"iterations": 6, "batch_size": 16}',
+            ]
+        )
+        == 0
+    )
     post = tmp_path / "post" / "model.pt"
-    assert cli.main(["train", *common, "--prior", "lars", "--out", str(post),
-                     "--init", str(base),
-                     "--train-params", '{"iterations": 8, "batch_size": 16, "lr": 0.01}']) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                *common,
+                "--prior",
+                "lars",
+                "--out",
+                str(post),
+                "--init",
+                str(base),
+                "--train-params",
+                '{"iterations": 8, "batch_size": 16, "lr": 0.01}',
+            ]
+        )
+        == 0
+    )
     a, b = _state(base), _state(post)
     assert {k for k in b if k.startswith("top_prior.acceptance")}
     for k, v in a.items():
@@ -174,8 +236,11 @@ def test_posthoc_trains_only_the_acceptance(tmp_path, tiny_dataset_npz, capsys):
     torch.manual_seed(0)
     fresh = build_model("vae", "gaussian", model_config(SMALL_MODEL))
     fresh.make_posthoc()
-    moved = [k for k, v in fresh.top_prior.acceptance.state_dict().items()
-             if not torch.equal(v, b["top_prior.acceptance." + k])]
+    moved = [
+        k
+        for k, v in fresh.top_prior.acceptance.state_dict().items()
+        if not torch.equal(v, b["top_prior.acceptance." + k])
+    ]
     assert moved  # the acceptance network did learn
 
 
@@ -218,8 +283,9 @@ def test_kill9_at_random_steps_then_resume_is_bitwise_identical(kill_resume_resu
     for k, nxt in zip(kills, r.kills[1:], strict=True):
         # the next run resumed from a checkpoint no later than the kill, replaying lost steps
         assert 0 <= nxt["resumed_at"] <= k["killed_at"], (k, nxt)
-    assert any(nxt["resumed_at"] < k["killed_at"] for k, nxt in zip(kills, r.kills[1:],
-                                                                       strict=True))
+    assert any(
+        nxt["resumed_at"] < k["killed_at"] for k, nxt in zip(kills, r.kills[1:], strict=True)
+    )
     assert r.tensors_compared > 0 and r.tensors_equal == r.tensors_compared, r.mismatched
     assert math.isfinite(r.log_z_ref) and r.log_z_ref != 0.0
     assert r.curves_equal
@@ -238,8 +304,7 @@ def test_resume_file_of_other_settings_is_not_used(tmp_path, stream):
     out = tmp_path / "m" / "model.pt"
     cfg = TrainConfig(iterations=8, batch_size=32, checkpoint_every=2, warmup_steps=4)
     _fit(_model(), stream, out, cfg=cfg, stop_after=4)
-    other = TrainConfig(iterations=8, batch_size=32, checkpoint_every=2, warmup_steps=4,
-                        lr=1e-3)
+    other = TrainConfig(iterations=8, batch_size=32, checkpoint_every=2, warmup_steps=4, lr=1e-3)
     s = _fit(_model(), stream, out, cfg=other)
     assert s["resumed_from"] == 0 and s["finished"]
     ref = tmp_path / "ref" / "model.pt"
@@ -262,17 +327,27 @@ def test_cuda_graph_flag_changes_nothing_on_the_cpu(tmp_path, stream, monkeypatc
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("prior", ["gaussian", "lars"])
-def test_cuda_graph_training_resumes_exactly_and_matches_eager(tmp_path, tiny_dataset_npz,
-                                                               monkeypatch, prior):
+def test_cuda_graph_training_resumes_exactly_and_matches_eager(
+    tmp_path, tiny_dataset_npz, monkeypatch, prior
+):
     """On CUDA a step is one replayed graph, reseeded from (seed, t): an interrupted run
     resumes to the same bits as an uninterrupted one, and the curve is the eager one up to
     float32 rounding (same random numbers, other kernels)."""
     from larsvae import train
 
-    cuda_stream = BatchStream(load(tiny_dataset_npz)["train"], CFG.batch_size, seed=5,
-                              device="cuda")
-    cfg = TrainConfig(iterations=24, batch_size=32, checkpoint_every=5, log_every=4,
-                      warmup_steps=10, lr_decay_step=15, lr=1e-3, lr_final=3e-4)
+    cuda_stream = BatchStream(
+        load(tiny_dataset_npz)["train"], CFG.batch_size, seed=5, device="cuda"
+    )
+    cfg = TrainConfig(
+        iterations=24,
+        batch_size=32,
+        checkpoint_every=5,
+        log_every=4,
+        warmup_steps=10,
+        lr_decay_step=15,
+        lr=1e-3,
+        lr_final=3e-4,
+    )
 
     def run(out, **kw):
         return _fit(_model(prior=prior).cuda(), cuda_stream, out, cfg=cfg, **kw)
@@ -294,8 +369,9 @@ def test_cuda_graph_training_resumes_exactly_and_matches_eager(tmp_path, tiny_da
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graph_nan_is_named_and_the_last_good_checkpoint_kept(tmp_path, tiny_dataset_npz,
-                                                                     monkeypatch):
+def test_cuda_graph_nan_is_named_and_the_last_good_checkpoint_kept(
+    tmp_path, tiny_dataset_npz, monkeypatch
+):
     """The graph path reads losses back only at log/checkpoint time; a NaN in step 8 is
     still reported as step 8, and the resume file stays at step 5."""
     from larsvae import train

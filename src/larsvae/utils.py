@@ -183,8 +183,15 @@ def progress_bar(
         try:
             from tqdm.auto import tqdm
 
-            return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
-                        mininterval=1.0, smoothing=0.05)
+            return tqdm(
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit=unit,
+                dynamic_ncols=True,
+                mininterval=1.0,
+                smoothing=0.05,
+            )
         except ImportError:
             pass
     return _NoBar()
@@ -199,4 +206,3 @@ class _NoBar:
 
     def close(self) -> None:
         pass
-

@@ -23,19 +23,27 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-DEPS = ["Snakefile", "workflow/rules", "workflow/schemas", "workflow/scripts/gpu_slot.py", "src/larsvae"]
+DEPS = [
+    "Snakefile",
+    "workflow/rules",
+    "workflow/schemas",
+    "workflow/scripts/gpu_slot.py",
+    "src/larsvae",
+]
 #: stage -> (params file, profile, description).
 #: The paper budget has no stage: a frozen stage makes a plain `dvc repro` fail on a fresh
 #: clone (DVC never runs a frozen stage's cmd, it only checks that its outputs exist), and the
 #: GPU-weeks budget is run with Snakemake directly (README, "The workflow").
 STAGES = {
     "main": (
-        "params/quick.yaml", "local",
+        "params/quick.yaml",
+        "local",
         "Main job, CPU quick budget: dynamicMNIST x VAE, standard vs LARS joint vs post-hoc; "
         "reports/quick/ is committed",
     ),
     "smoke": (
-        "params/smoke.yaml", "local",
+        "params/smoke.yaml",
+        "local",
         "Smoke DAG (seconds per job, every rule type) for tests: `dvc repro smoke`",
     ),
 }
@@ -63,9 +71,22 @@ def dag_outputs(params_file: str) -> list[str]:
     """Every output file of the default target's DAG, relative to the working directory."""
     with tempfile.TemporaryDirectory() as empty:  # a fresh directory: every file is 'missing'
         out = subprocess.run(
-            [sys.executable, "-m", "snakemake", "--summary", "--snakefile", str(REPO / "Snakefile"),
-             "--configfile", str(REPO / params_file), "--directory", empty],
-            capture_output=True, text=True, cwd=REPO, check=False,
+            [
+                sys.executable,
+                "-m",
+                "snakemake",
+                "--summary",
+                "--snakefile",
+                str(REPO / "Snakefile"),
+                "--configfile",
+                str(REPO / params_file),
+                "--directory",
+                empty,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=False,
         )
     if out.returncode != 0:
         raise SystemExit(f"dvc_stages: snakemake --summary failed:\n{out.stderr[-2000:]}")
@@ -80,8 +101,14 @@ DATA = "data/processed/"
 def data_stage() -> dict:
     """Prepared data are shared by every budget, and DVC lets one stage own an output: this
     stage prepares the data of every other stage (Snakemake targets named explicitly)."""
-    files = sorted({p for params_file, _, _ in STAGES.values() for p in dag_outputs(params_file)
-                    if p.startswith(DATA)})
+    files = sorted(
+        {
+            p
+            for params_file, _, _ in STAGES.values()
+            for p in dag_outputs(params_file)
+            if p.startswith(DATA)
+        }
+    )
     params_file, profile, _ = STAGES["main"]
     return {
         "desc": "Prepared datasets (checksummed sources, fixed binarisation), shared by budgets",
@@ -105,8 +132,13 @@ def stage(name: str) -> dict:
         elif path.endswith("/curve.tsv"):
             plots.append({path: {"x": "step", "y": "neg_elbo", "persist": True}})
         else:
-            outs.append({path: {"cache": not committed, "persist": True} if committed
-                         else {"persist": True}})
+            outs.append(
+                {
+                    path: {"cache": not committed, "persist": True}
+                    if committed
+                    else {"persist": True}
+                }
+            )
     return {
         "desc": desc,
         "cmd": f"snakemake --profile workflow/profiles/{profile} --configfile {params_file}",
@@ -132,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         current = Path(args.out).read_text() if Path(args.out).exists() else ""
         if current != text:
-            print(f"dvc_stages: {args.out} is out of date with the Snakemake DAG; "
-                  "run `python workflow/scripts/dvc_stages.py`", file=sys.stderr)
+            print(
+                f"dvc_stages: {args.out} is out of date with the Snakemake DAG; "
+                "run `python workflow/scripts/dvc_stages.py`",
+                file=sys.stderr,
+            )
             return 1
         return 0
     tmp = Path(args.out).with_name(".dvc.yaml.tmp")

@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         dev, fd = acquire(devices, lock_dir)
         os.set_inheritable(fd, True)  # the exec'd command keeps the slot until it exits
         env["CUDA_VISIBLE_DEVICES"] = dev
-        print(f"gpu_slot: CUDA_VISIBLE_DEVICES={dev} (lock {lock_dir})", file=sys.stderr, flush=True)
+        print(
+            f"gpu_slot: CUDA_VISIBLE_DEVICES={dev} (lock {lock_dir})", file=sys.stderr, flush=True
+        )
     try:
         os.execvpe(cmd[0], cmd, env)
     except OSError as exc:

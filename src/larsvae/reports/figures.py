@@ -30,7 +30,11 @@ def plot_training_curves(spec: dict[str, Any], out: str | Path, root: str | Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("neg_elbo", "-ELBO (nats, training batches)"), ("kl", "KL (nats)"), ("log_z", "log Z (running <Z>)")]
+    panels = [
+        ("neg_elbo", "-ELBO (nats, training batches)"),
+        ("kl", "KL (nats)"),
+        ("log_z", "log Z (running <Z>)"),
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
     for i, c in enumerate(spec["cells"]):  # one colour per cell across all panels
         curve = read_curve(Path(root) / c["curve"])

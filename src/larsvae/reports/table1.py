@@ -139,7 +139,9 @@ def _data_versions(spec: dict[str, Any], root: Path) -> list[str]:
         m = json.loads(p.read_text())
         srcs = sorted({f.get("source", "?") for f in m.get("files", [])})
         test_sha = m.get("array_sha256", {}).get("test", "")[:12]
-        splits = "/".join(str(m.get("splits", {}).get(s, {}).get("n", "?")) for s in ("train", "valid", "test"))
+        splits = "/".join(
+            str(m.get("splits", {}).get(s, {}).get("n", "?")) for s in ("train", "valid", "test")
+        )
         variant = f", variant {m['variant']}" if m.get("variant") else ""
         if m.get("omniglot_version"):  # issue 3: reports say which Omniglot was used
             variant += f", Omniglot version {m['omniglot_version'].split(':')[0]}"
@@ -151,7 +153,9 @@ def _data_versions(spec: dict[str, Any], root: Path) -> list[str]:
 
 
 def _machine(cells: dict[tuple, CellResult]) -> str:
-    devices = sorted({str(r.get("device")) for c in cells.values() for r in c.runs if r.get("device")})
+    devices = sorted(
+        {str(r.get("device")) for c in cells.values() for r in c.runs if r.get("device")}
+    )
     try:
         import torch
 
@@ -166,11 +170,17 @@ def _machine(cells: dict[tuple, CellResult]) -> str:
     )
 
 
-def header(spec: dict[str, Any], cells: dict[tuple, CellResult], root: Path, now: datetime) -> list[str]:
+def header(
+    spec: dict[str, Any], cells: dict[tuple, CellResult], root: Path, now: datetime
+) -> list[str]:
     name = spec["name"]
     lines = [
         f"Budget **`{name}`**"
-        + ("" if name == "paper" else " — NOT the paper's budget; do not read these as paper numbers")
+        + (
+            ""
+            if name == "paper"
+            else " — NOT the paper's budget; do not read these as paper numbers"
+        )
         + f". Seeds: {', '.join(map(str, spec['seeds']))}"
         + (" (mean ± sd over seeds)." if len(spec["seeds"]) > 1 else " (single seed)."),
         "",
@@ -183,7 +193,11 @@ def header(spec: dict[str, Any], cells: dict[tuple, CellResult], root: Path, now
             f"KL warm-up {t['warmup_steps']:,}; T = {m['truncation']}, eps = {m['eps']:g}, "
             f"S = {m['train_z_samples']:,} (training); Z from {e['z_samples']:,} samples in "
             f"{e['z_shards']} shards; IWAE K = {e['iwae_k']:,} on "
-            + ("the full test set" if e.get("test_subset") is None else f"the first {e['test_subset']:,} test images")
+            + (
+                "the full test set"
+                if e.get("test_subset") is None
+                else f"the first {e['test_subset']:,} test images"
+            )
             + "."
         )
     lines += ["", "Data versions:", ""]
@@ -192,7 +206,9 @@ def header(spec: dict[str, Any], cells: dict[tuple, CellResult], root: Path, now
     return lines
 
 
-def render_table1(spec: dict[str, Any], cells: dict[tuple, CellResult], root: Path, now: datetime) -> str:
+def render_table1(
+    spec: dict[str, Any], cells: dict[tuple, CellResult], root: Path, now: datetime
+) -> str:
     datasets = list(DATASET_LABELS)
     archs = list(ARCH_LABELS)
     ran = sorted({f"{k[0]}/{k[1]}/{k[2]}/{k[3]}" for k in cells})
@@ -203,9 +219,11 @@ def render_table1(spec: dict[str, Any], cells: dict[tuple, CellResult], root: Pa
         f"Cells not run show {DASH}. Each entry: **ours** / paper (ours − paper).",
         "",
     ]
-    head = "| dataset | " + " | ".join(
-        f"{ARCH_LABELS[a]} {col}" for a in archs for col in ("standard", "LARS")
-    ) + " |"
+    head = (
+        "| dataset | "
+        + " | ".join(f"{ARCH_LABELS[a]} {col}" for a in archs for col in ("standard", "LARS"))
+        + " |"
+    )
     out += [head, "|---" * (1 + 2 * len(archs)) + "|"]
     for ds in datasets:
         row = [DATASET_LABELS[ds]]
@@ -232,7 +250,10 @@ def render_table1(spec: dict[str, Any], cells: dict[tuple, CellResult], root: Pa
     posthoc = [c for k, c in cells.items() if k[3] == "posthoc"]
     if posthoc:
         out += ["", "## Post-hoc LARS (a(z) trained on a frozen standard-prior model)", ""]
-        out += ["| dataset | arch | standard | LARS joint | LARS post-hoc | post-hoc gain |", "|---|---|---|---|---|---|"]
+        out += [
+            "| dataset | arch | standard | LARS joint | LARS post-hoc | post-hoc gain |",
+            "|---|---|---|---|---|---|",
+        ]
         for c in posthoc:
             std = cells.get((c.dataset, c.arch, "gaussian", "standard"))
             joint = cells.get((c.dataset, c.arch, "lars", "standard"))
@@ -262,13 +283,19 @@ def render_table1(spec: dict[str, Any], cells: dict[tuple, CellResult], root: Pa
     return "\n".join(out)
 
 
-def render_main(spec: dict[str, Any], cells: dict[tuple, CellResult], root: Path, now: datetime) -> str:
+def render_main(
+    spec: dict[str, Any], cells: dict[tuple, CellResult], root: Path, now: datetime
+) -> str:
     """The main job: dynamicMNIST x VAE, standard vs LARS joint vs LARS post-hoc."""
     ds, a = "dynamic_mnist", "vae"
     out = ["# Main job: dynamicMNIST, single-layer VAE — standard prior vs LARS", ""]
     out += header(spec, cells, root, now)
     rows = [
-        ("standard prior (N(0, I))", cells.get((ds, a, "gaussian", "standard")), paper_nll(ds, a, "standard")),
+        (
+            "standard prior (N(0, I))",
+            cells.get((ds, a, "gaussian", "standard")),
+            paper_nll(ds, a, "standard"),
+        ),
         ("LARS, joint", cells.get((ds, a, "lars", "standard")), paper_nll(ds, a, "lars")),
         ("LARS, post-hoc", cells.get((ds, a, "lars", "posthoc")), None),
     ]
@@ -282,7 +309,9 @@ def render_main(spec: dict[str, Any], cells: dict[tuple, CellResult], root: Path
     std = rows[0][1]
     for label, c, p in rows:
         if c is None:
-            out.append(f"| {label} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {fmt(p)} |")
+            out.append(
+                f"| {label} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {DASH} | {fmt(p)} |"
+            )
             continue
         g = std.nll - c.nll if std is not None and c is not std else None
         z = c.mean_of("z")
@@ -315,7 +344,7 @@ def metrics(spec: dict[str, Any], cells: dict[tuple, CellResult]) -> dict[str, A
         for r in c.runs:
             entry[f"seed{r['seed']}"] = r["nll"]
         out["nll"].setdefault(ds, {}).setdefault(a, {})[f"{p}_{m}"] = entry
-    for (ds, a, p, m) in cells:
+    for ds, a, p, m in cells:
         if p == "lars":
             g = gain(cells, ds, a, m)
             if g is not None:
