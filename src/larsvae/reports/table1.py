@@ -170,6 +170,35 @@ def _machine(cells: dict[tuple, CellResult]) -> str:
     )
 
 
+_MISSING = object()
+
+
+def _budget_value(b: dict[str, Any], section: str, key: str, spec: str = "") -> str:
+    """``format(b[section][key], spec)``, or the dash where the budget lacks it (a dataset
+    whose cells never run a step has no section for that step's keys)."""
+    v = b.get(section, {}).get(key, _MISSING)
+    return DASH if v is _MISSING else format(v, spec)
+
+
+def _budget_line(ds: str, b: dict[str, Any]) -> str:
+    def g(section: str, key: str, spec: str = "") -> str:
+        return _budget_value(b, section, key, spec)
+
+    subset = b.get("evaluate", {}).get("test_subset")
+    return (
+        f"- `{ds}`: {g('train', 'iterations', ',')} training iterations "
+        f"(post-hoc: {g('posthoc', 'iterations', ',')}), "
+        f"batch {g('train', 'batch_size')}, lr {g('train', 'lr', 'g')}→{g('train', 'lr_final', 'g')} "
+        f"after {g('train', 'lr_decay_step', ',')}, "
+        f"KL warm-up {g('train', 'warmup_steps', ',')}; T = {g('model', 'truncation')}, "
+        f"eps = {g('model', 'eps', 'g')}, "
+        f"S = {g('model', 'train_z_samples', ',')} (training); Z from {g('evaluate', 'z_samples', ',')} "
+        f"samples in {g('evaluate', 'z_shards')} shards; IWAE K = {g('evaluate', 'iwae_k', ',')} on "
+        + ("the full test set" if subset is None else f"the first {subset:,} test images")
+        + "."
+    )
+
+
 def header(
     spec: dict[str, Any], cells: dict[tuple, CellResult], root: Path, now: datetime
 ) -> list[str]:
@@ -186,20 +215,7 @@ def header(
         "",
     ]
     for ds, b in spec["budget"].items():
-        t, ph, m, e = b["train"], b["posthoc"], b["model"], b["evaluate"]
-        lines.append(
-            f"- `{ds}`: {t['iterations']:,} training iterations (post-hoc: {ph['iterations']:,}), "
-            f"batch {t['batch_size']}, lr {t['lr']:g}→{t['lr_final']:g} after {t['lr_decay_step']:,}, "
-            f"KL warm-up {t['warmup_steps']:,}; T = {m['truncation']}, eps = {m['eps']:g}, "
-            f"S = {m['train_z_samples']:,} (training); Z from {e['z_samples']:,} samples in "
-            f"{e['z_shards']} shards; IWAE K = {e['iwae_k']:,} on "
-            + (
-                "the full test set"
-                if e.get("test_subset") is None
-                else f"the first {e['test_subset']:,} test images"
-            )
-            + "."
-        )
+        lines.append(_budget_line(ds, b))
     lines += ["", "Data versions:", ""]
     lines += [f"- {v}" for v in _data_versions(spec, root)] or [f"- {DASH}"]
     lines += ["", f"Machine: {_machine(cells)}.", "", f"Date: {now:%Y-%m-%d %H:%M} UTC.", ""]
