@@ -17,7 +17,7 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     dataset="|".join(lconfig.DATASETS),
     arch="|".join(lconfig.ARCHS),
-    prior="|".join(lconfig.PRIORS),
+    prior=prior_tag(lconfig.PRIORS),
     mode="|".join(lconfig.MODES),
     seed=r"\d+",
     shard=r"\d+",

@@ -38,6 +38,8 @@ LARS_PRIORS = ("lars", "lars_realnvp")
 #: standard: trained from scratch (any prior; LARS = joint training); posthoc: a(z) trained
 #: on a frozen 'gaussian' standard checkpoint of the same cell (Sec. 4.1).
 MODES = ("standard", "posthoc")
+#: the variant name of the model section itself (cells without a named prior variant)
+BASE = "base"
 #: Which ModelConfig groups each prior reads (ModelConfig's ``group`` metadata).
 PRIOR_GROUPS = {
     "gaussian": ("arch",),
@@ -116,6 +118,7 @@ class EvalConfig:
     iwae_batch: int = _key(100, "iwae", "test images per chunk (speed only)", lo=1)
     iwae_k_chunk: int = _key(1000, "iwae", "importance samples per chunk (speed only)", lo=1)
     test_subset: int | None = _key(None, "iwae", "first N test images; null = all", lo=1)
+    elbo_samples: int = _key(10, "iwae", "posterior draws per image for the test ELBO", lo=1)
 
 
 @dataclass(frozen=True)
@@ -375,6 +378,14 @@ def params_schema() -> dict[str, Any]:
                 "items": {"type": "integer", "minimum": 0},
             },
             **sections,
+            "variants": {
+                "description": "named prior variants: model keys set over the model section "
+                "(experiments' runs name them; paths tag the prior as <prior>-<variant>)",
+                "type": "object",
+                "default": {},
+                "propertyNames": {"pattern": "^[a-z0-9_]+$", "not": {"const": BASE}},
+                "additionalProperties": {"$ref": "#/$defs/model"},
+            },
             "overrides": {
                 "description": "per-dataset values deep-merged over the sections above",
                 "type": "object",
@@ -394,6 +405,11 @@ def params_schema() -> dict[str, Any]:
                     "additionalProperties": False,
                     "required": ["datasets", "archs", "runs"],
                     "properties": {
+                        "appendix": {
+                            "description": "appendix experiment: in the appendix reports, "
+                            "not in Table 1 (cells identical to Table 1's are shared)",
+                            "type": "boolean",
+                        },
                         "datasets": {**names, "items": {"enum": list(DATASETS)}},
                         "archs": {**names, "items": {"enum": list(ARCHS)}},
                         "runs": {
@@ -405,6 +421,7 @@ def params_schema() -> dict[str, Any]:
                                 "properties": {
                                     "prior": {"enum": list(PRIORS)},
                                     "mode": {"enum": list(MODES)},
+                                    "variant": {"type": "string", "pattern": "^[a-z0-9_]+$"},
                                 },
                                 **posthoc_is_lars,
                             },
@@ -429,17 +446,38 @@ def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, A
 
 @dataclass(frozen=True)
 class Cell:
-    """One trained model: the unit every table shares (one checkpoint per cell)."""
+    """One trained model: the unit every table shares (one checkpoint per cell).
+
+    ``variant`` names a prior variant of the params file (``variants:``, model keys over the
+    ``model`` section, e.g. another a(z) size or T); ``"base"`` is the model section itself.
+    In paths the prior and its variant form one tag, ``lars`` or ``lars-t10`` (:attr:`tag`).
+    """
 
     dataset: str
     arch: str
     prior: str
     mode: str
     seed: int
+    variant: str = BASE
 
     @property
     def is_lars(self) -> bool:
         return self.prior in LARS_PRIORS
+
+    @property
+    def tag(self) -> str:
+        return self.prior if self.variant == BASE else f"{self.prior}-{self.variant}"
+
+    def wildcards(self) -> dict[str, Any]:
+        """The path wildcards of this cell (larsvae.paths.CELL)."""
+        return dict(
+            dataset=self.dataset, arch=self.arch, prior=self.tag, mode=self.mode, seed=self.seed
+        )
+
+    @classmethod
+    def from_wildcards(cls, w: Mapping[str, Any]) -> Cell:
+        prior, _, variant = str(w["prior"]).partition("-")
+        return cls(w["dataset"], w["arch"], prior, w["mode"], int(w["seed"]), variant or BASE)
 
 
 @dataclass(frozen=True)
@@ -454,14 +492,25 @@ class Params:
     sections: dict[str, dict[str, Any]]  # dataset -> section -> config (overrides applied)
     raw: dict[str, dict[str, dict[str, Any]]]  # dataset -> section -> merged plain dict
     top: dict[str, dict[str, Any]]  # section -> plain dict without overrides (all defaults)
-    cells: tuple[Cell, ...]
+    variants: dict[str, dict[str, Any]]  # variant name -> model keys it sets
+    cells: tuple[Cell, ...]  # every cell of the budget's programme
+    main_cells: tuple[Cell, ...]  # the cells of experiments not marked appendix (Table 1)
 
     def section(self, name: str, dataset: str) -> Any:
         return self.sections[dataset][name]
 
+    def model_raw(self, cell: Cell) -> dict[str, Any]:
+        """The cell's model section: the dataset's, with the cell's variant on top."""
+        if cell.variant != BASE and cell.variant not in self.variants:
+            raise ConfigError(
+                f"variant: unknown value {cell.variant!r} (expected one of: "
+                f"{', '.join(sorted(self.variants)) or 'none defined'})"
+            )
+        return {**self.raw[cell.dataset]["model"], **self.variants.get(cell.variant, {})}
+
     def step_params(self, step: str, cell: Cell) -> dict[str, dict[str, Any]]:
         """section -> {key: value} of exactly the keys ``step`` reads for ``cell``."""
-        raw = self.raw[cell.dataset]
+        raw = {**self.raw[cell.dataset], "model": self.model_raw(cell)}
         return {
             sec: {k: raw[sec][k] for k in keys} for sec, keys in step_keys(step, cell.prior).items()
         }
@@ -470,12 +519,30 @@ class Params:
 def parse_params(d: Mapping[str, Any]) -> Params:
     """Parse a (schema-validated) params dict: every section of every dataset, the cells."""
     cells: dict[Cell, None] = {}
+    main: dict[Cell, None] = {}
     for exp in d["experiments"]:
         for ds in exp["datasets"]:
             for arch in exp["archs"]:
                 for run in exp["runs"]:
+                    v = run.get("variant", BASE)
                     for seed in d["seeds"]:
-                        cells[Cell(ds, arch, run["prior"], run["mode"], int(seed))] = None
+                        cell = Cell(ds, arch, run["prior"], run["mode"], int(seed), v)
+                        cells[cell] = None
+                        if not exp.get("appendix", False):
+                            main[cell] = None
+    variants = {}
+    for name, keys in (d.get("variants") or {}).items():
+        variants[name] = {
+            k: v
+            for k, v in to_dict(parse(ModelConfig, keys, f"variants.{name}")).items()
+            if k in keys
+        }
+    for c in cells:
+        if c.variant != BASE and c.variant not in variants:
+            raise ConfigError(
+                f"experiments: variant {c.variant!r} is not defined under "
+                f"variants (defined: {', '.join(sorted(variants)) or 'none'})"
+            )
     overrides = d.get("overrides") or {}
     sections, raw = {}, {}
     for ds in DATASETS:  # every dataset, so any cell a user asks for has its sections
@@ -495,7 +562,9 @@ def parse_params(d: Mapping[str, Any]) -> Params:
         sections=sections,
         raw=raw,
         top={name: to_dict(parse(cls, d[name], name)) for name, cls in SECTIONS.items()},
+        variants=variants,
         cells=tuple(cells),
+        main_cells=tuple(main),
     )
 
 

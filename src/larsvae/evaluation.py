@@ -284,3 +284,57 @@ __all__ = [
     "nll_z_error",
     "dlogp_dlogz",
 ]
+
+
+@dataclass(frozen=True)
+class ELBOSummary:
+    """Test-set means of the negative ELBO and its two terms (nats, positive), Eq. 1:
+    ``neg_elbo = rec + kl`` with rec = -E_q log p(x|z) and kl = E_q[log q(z|x) - log p(z)]
+    (all layers; for LARS the stored high-precision Z). Each image's terms average
+    ``samples`` posterior draws; ``*_stderr`` are standard errors over images."""
+
+    neg_elbo: float
+    kl: float
+    rec: float
+    neg_elbo_stderr: float
+    samples: int
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "neg_elbo": self.neg_elbo,
+            "kl": self.kl,
+            "rec": self.rec,
+            "neg_elbo_stderr": self.neg_elbo_stderr,
+            "elbo_samples": self.samples,
+        }
+
+
+@torch.no_grad()
+def elbo_terms(
+    model: nn.Module,
+    x: torch.Tensor,
+    samples: int,
+    batch_size: int,
+    *,
+    generator: torch.Generator | None = None,
+) -> ELBOSummary:
+    """Negative ELBO, KL and reconstruction of ``x`` (N, 784), ``samples`` draws per image."""
+    was_training = model.training
+    model.eval()
+    rec = torch.zeros(x.shape[0], dtype=torch.float64)
+    kl = torch.zeros(x.shape[0], dtype=torch.float64)
+    try:
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i : i + batch_size]
+            for _ in range(samples):
+                out = model.loss(xb, beta=1.0, generator=generator)
+                rec[i : i + len(xb)] += out["rec"].double().cpu()
+                kl[i : i + len(xb)] += out["kl"].double().cpu()
+    finally:
+        model.train(was_training)
+    rec, kl = rec / samples, kl / samples
+    total = rec + kl
+    n = x.shape[0]
+    se = float(total.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
+    return ELBOSummary(float(total.mean()), float(kl.mean()), float(rec.mean()), se, samples, n)

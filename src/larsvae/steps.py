@@ -382,7 +382,7 @@ def evaluate(
     """IWAE test NLL with ``ecfg.iwae_k`` samples; LARS priors use the Z of ``z``."""
     from .checkpoint import is_lars, load_model
     from .data.loaders import eval_tensor
-    from .evaluation import nll_summary
+    from .evaluation import elbo_terms, nll_summary
 
     model, ckpt = load_model(existing_file(checkpoint, "--checkpoint"), device)
     meta = ckpt["meta"]
@@ -409,10 +409,15 @@ def evaluate(
         seed=derive_seed(int(meta.get("seed", 0)), EVAL_TAG),
         progress=progress,
     )
+    gen = torch.Generator(device=x.device).manual_seed(
+        derive_seed(int(meta.get("seed", 0)), EVAL_TAG, 1)
+    )
+    elbo = elbo_terms(model, x, ecfg.elbo_samples, ecfg.iwae_batch, generator=gen)
     result: dict[str, Any] = {
         **{k: meta.get(k) for k in ("dataset", "arch", "prior", "mode", "seed")},
         "checkpoint": str(checkpoint),
         **summary.to_dict(),
+        **elbo.to_dict(),
         "wall_time_s": time.perf_counter() - t0,
         "device": str(device),
     }

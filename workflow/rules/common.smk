@@ -59,9 +59,14 @@ REPORTS = {k: L.report(f) for k, f in (("table", "table1.md"), ("main", "main.md
 
 
 def cell_of(w, **fixed):
-    """The cell of a job: its wildcards plus the fields its output pattern fixes."""
-    c = {**dict(w.items()), **fixed}
-    return lconfig.Cell(c["dataset"], c["arch"], c["prior"], c["mode"], int(c["seed"]))
+    """The cell of a job: its wildcards plus the fields its output pattern fixes (the prior
+    wildcard is the prior's tag, `lars` or `lars-<variant>`)."""
+    return lconfig.Cell.from_wildcards({**dict(w.items()), **fixed})
+
+
+def prior_tag(priors):
+    """Wildcard pattern of a prior tag: one of `priors`, optionally `-<variant>`."""
+    return f"(?:{'|'.join(priors)})(?:-[a-z0-9_]+)?"
 
 
 def _json(obj):
@@ -94,7 +99,8 @@ def train_data(wildcards):
 
 
 def posthoc_init(wildcards):
-    """Post-hoc LARS starts from the standard-prior checkpoint of the same cell."""
+    """Post-hoc LARS (any variant) starts from the standard-prior checkpoint of the same
+    dataset, architecture and seed."""
     return L.model(**{**dict(wildcards.items()), "prior": "gaussian", "mode": "standard"})
 
 
@@ -127,9 +133,11 @@ def sample_count(wildcards):
 
 
 def _cell_files(c):
-    w = vars(c)
-    return dict(w, nll=L.nll(**w), z=L.z(**w) if c.is_lars else None, curve=L.curve(**w),
-                manifest=manifest_file(c.dataset))
+    w = c.wildcards()
+    step = "train_posthoc" if c.mode == "posthoc" else "train"
+    return dict(vars(c), nll=L.nll(**w), z=L.z(**w) if c.is_lars else None,
+                curve=L.curve(**w), manifest=manifest_file(c.dataset),
+                model=P.step_params(step, c)["model"])
 
 
 def report_inputs(wildcards):
@@ -146,8 +154,10 @@ def report_spec(wildcards):
     """What the report shows besides the result files: the budget's name, seeds, cells and
     the keys the cells' steps read (so a key no step reads never reruns the report)."""
     budget = {}
-    for c in P.cells:
+    for c in P.cells:  # the variants' model keys are in their cells' "model"
         steps = ["train_posthoc" if c.mode == "posthoc" else "train", "evaluate"]
+        if c.variant != lconfig.BASE:
+            steps = steps[1:]
         steps += ["estimate_z"] if c.is_lars else []
         b = budget.setdefault(c.dataset, {})
         for step in steps:
@@ -167,7 +177,7 @@ def all_targets():
     reports that consumed it still exist."""
     per_cell = []
     for c in P.cells:
-        w = vars(c)
+        w = c.wildcards()
         per_cell += [L.sample_grid(**w), L.model(**w), L.curve(**w), L.nll(**w)]
         if c.is_lars:
             per_cell += [L.z(**w)] + z_shards(Wildcards(w))

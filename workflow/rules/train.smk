@@ -11,7 +11,7 @@ rule train_standard:
         model=L.model(mode="standard"),
         curve=L.curve(mode="standard"),
     wildcard_constraints:
-        prior="|".join(p for p in lconfig.PRIORS if p not in lconfig.LARS_PRIORS),
+        prior=prior_tag(p for p in lconfig.PRIORS if p not in lconfig.LARS_PRIORS),
     log:
         L.log("train", mode="standard"),
     params:
@@ -39,7 +39,7 @@ rule train_joint:
         model=L.model(mode="standard"),
         curve=L.curve(mode="standard"),
     wildcard_constraints:
-        prior="|".join(lconfig.LARS_PRIORS),
+        prior=prior_tag(lconfig.LARS_PRIORS),
     log:
         L.log("train", mode="standard"),
     params:
@@ -65,13 +65,15 @@ rule train_posthoc:
         data=train_data,
         init=posthoc_init,
     output:
-        model=L.model(prior="lars", mode="posthoc"),
-        curve=L.curve(prior="lars", mode="posthoc"),
+        model=L.model(mode="posthoc"),
+        curve=L.curve(mode="posthoc"),
+    wildcard_constraints:
+        prior=prior_tag(["lars"]),
     log:
-        L.log("train", prior="lars", mode="posthoc"),
+        L.log("train", mode="posthoc"),
     params:
-        model=step_params("train_posthoc", "model", prior="lars", mode="posthoc"),
-        train=step_params("train_posthoc", "posthoc", prior="lars", mode="posthoc"),
+        model=step_params("train_posthoc", "model", mode="posthoc"),
+        train=step_params("train_posthoc", "posthoc", mode="posthoc"),
     conda:
         "../envs/larsvae.yaml"
     threads: 1
