@@ -523,54 +523,69 @@ def test_dvc_repro_smoke(clone):
 # Rules rerun exactly what changed: every key of params/smoke.yaml, in the finished smoke run
 
 #: smoke jobs -> the jobs that consume their outputs (the DAG, written out by hand)
-_G, _J, _P = "gaussian/standard", "lars/standard", "lars/posthoc"
+_G, _J, _P, _T2 = "gaussian/standard", "lars/standard", "lars/posthoc", "lars-t2/standard"
+_CELLS = (_G, _J, _P, _T2)
 _DOWNSTREAM = {
-    "prepare_data": [
-        f"train:{_G}",
-        f"train:{_J}",
-        f"train:{_P}",
-        f"evaluate:{_G}",
-        f"evaluate:{_J}",
-        f"evaluate:{_P}",
-    ],
-    f"train:{_G}": [f"train:{_P}", f"evaluate:{_G}", f"sample_grid:{_G}", "report"],
+    "prepare_data": [f"{rule}:{c}" for rule in ("train", "evaluate") for c in _CELLS],
+    # every cell's training feeds its Z, evaluation, sample grid and the appendix tables;
+    # the base (Table 1) cells also feed Table 1; the base LARS cells also their ranking
     **{
-        f"train:{c}": [f"estimate_z:{c}", f"evaluate:{c}", f"sample_grid:{c}", "report"]
-        for c in (_J, _P)
+        f"train:{c}": [f"evaluate:{c}", f"sample_grid:{c}", "appendix_tables"]
+        + ([f"estimate_z:{c}"] if c != _G else [])
+        + (["report"] if c != _T2 else [])
+        + ([f"rank:{c}"] if c in (_J, _P) else [])
+        + ([f"train:{_P}"] if c == _G else [])
+        for c in _CELLS
     },
-    **{f"estimate_z:{c}": [f"reduce_z:{c}"] for c in (_J, _P)},
-    **{f"reduce_z:{c}": [f"evaluate:{c}", "report"] for c in (_J, _P)},
-    **{f"evaluate:{c}": ["report"] for c in (_G, _J, _P)},
+    **{f"estimate_z:{c}": [f"reduce_z:{c}"] for c in (_J, _P, _T2)},
+    **{
+        f"reduce_z:{c}": [f"evaluate:{c}", "appendix_tables"]
+        + (["report", "z_convergence"] if c != _T2 else [])
+        for c in (_J, _P, _T2)
+    },
+    **{f"evaluate:{c}": ["appendix_tables"] + (["report"] if c != _T2 else []) for c in _CELLS},
 }
 _ARCH = ("model.latent_dim", "model.hidden")
 _LARS = ("model.acceptance_hidden", "model.truncation", "model.eps", "model.train_z_samples")
 _Z = ("evaluate.z_samples", "evaluate.z_batch", "evaluate.z_antithetic", "evaluate.z_shards")
-_IWAE = ("evaluate.iwae_k", "evaluate.iwae_batch", "evaluate.iwae_k_chunk", "evaluate.test_subset")
+_IWAE = (
+    "evaluate.iwae_k",
+    "evaluate.iwae_batch",
+    "evaluate.iwae_k_chunk",
+    "evaluate.test_subset",
+    "evaluate.elbo_samples",
+)
 
 
 def _readers(key: str) -> set[str]:
     """The smoke jobs whose step reads ``key`` (what larsvae.config.step_keys promises)."""
     section = key.split(".")[0]
     if key in _ARCH:
-        return {f"train:{c}" for c in (_G, _J, _P)}
-    if key in _LARS:
+        return {f"train:{c}" for c in (_G, _J, _P, _T2)}
+    if key == "model.truncation":  # the t2 variant sets its own T
         return {f"train:{_J}", f"train:{_P}"}
+    if key in _LARS:
+        return {f"train:{_J}", f"train:{_P}", f"train:{_T2}"}
+    if key == "variants.t2.truncation":
+        return {f"train:{_T2}"}
     if section == "model":  # flow keys: no smoke cell has a flow prior
         return set()
     if section == "train":
-        return {f"train:{_G}", f"train:{_J}"}
+        return {f"train:{_G}", f"train:{_J}", f"train:{_T2}"}
     if section == "posthoc":
         return {f"train:{_P}"}
     if key in _Z:
-        return {f"estimate_z:{_J}", f"estimate_z:{_P}"}
+        return {f"estimate_z:{c}" for c in (_J, _P, _T2)}
     if key in _IWAE:
-        return {f"evaluate:{c}" for c in (_G, _J, _P)}
+        return {f"evaluate:{c}" for c in (_G, _J, _P, _T2)}
     if key == "report.samples":
-        return {f"sample_grid:{c}" for c in (_G, _J, _P)}
+        return {f"sample_grid:{c}" for c in (_G, _J, _P, _T2)}
     if key in ("report.toy2d_steps", "report.toy2d_seed"):
         return {"toy2d"}
+    if key == "report.rank_samples":
+        return {f"rank:{_J}", f"rank:{_P}"}
     if key == "name":
-        return {"report"}
+        return {"report", "appendix_tables"}
     if key == "data.mirrors":  # where the data come from is not a parameter of the result
         return set()
     raise AssertionError(f"no expectation for params key {key!r}: add it to _readers")
@@ -590,7 +605,7 @@ def _job_label(rule: str, outputs: str) -> str:
     rule = {"train_standard": "train", "train_joint": "train", "train_posthoc": "train"}.get(
         rule, rule
     )
-    cell = re.search(r"[/_](gaussian|lars)[/_](standard|posthoc)[/_]", outputs)
+    cell = re.search(r"[/_](gaussian|lars(?:-t2)?)[/_](standard|posthoc)[/_]", outputs)
     return f"{rule}:{cell.group(1)}/{cell.group(2)}" if cell else rule
 
 

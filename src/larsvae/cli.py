@@ -15,6 +15,10 @@ status 2 (a diverged training run: status 1), never a traceback.
     larsvae sample       --checkpoint CKPT --n 64 --out samples.png
     larsvae report       --spec JSON --table T.md --main M.md --metrics M.json --curves C.png
     larsvae toy2d        --out fig.png [--steps 2000] [--seed 0]
+    larsvae appendix     --spec JSON --out-dir DIR              (Tables D.1-D.5)
+    larsvae rank         --checkpoint CKPT --out-dir DIR [--n 10000] [--threshold A]
+                         [--accepted-only]                       (Figures D.5-D.8)
+    larsvae z-convergence --z LABEL=z.json ... --out fig.png    (Figure A.2)
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         tcfg,
         a.out,
         init=a.init,
+        variant=a.variant,
         device=_device(a),
         progress=not a.no_progress,
         log_path=a.log,
@@ -140,20 +145,60 @@ def cmd_sample(a: argparse.Namespace) -> None:
     steps.sample_grid(a.checkpoint, a.n, a.seed, a.out, device=_device(a))
 
 
+def _spec(text: str) -> dict[str, Any]:
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--spec: invalid JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(spec, dict):
+        raise UserError("--spec: expected a JSON object")
+    return spec
+
+
 def cmd_report(a: argparse.Namespace) -> None:
     from . import steps
 
-    try:
-        spec = json.loads(a.spec)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--spec: invalid JSON ({exc.msg} at character {exc.pos})") from None
-    steps.report(spec, a.table, a.main, a.metrics, a.curves, a.root)
+    steps.report(_spec(a.spec), a.table, a.main, a.metrics, a.curves, a.root)
 
 
 def cmd_toy2d(a: argparse.Namespace) -> None:
     from . import steps
 
     steps.toy2d(a.out, a.steps, a.seed, progress=not a.no_progress)
+
+
+def cmd_appendix(a: argparse.Namespace) -> None:
+    from . import steps
+
+    steps.appendix(_spec(a.spec), a.out_dir, a.root)
+
+
+def cmd_z_convergence(a: argparse.Namespace) -> None:
+    from . import steps
+
+    curves = {}
+    for item in a.z:
+        label, sep, path = item.partition("=")
+        if not sep or not label:
+            raise UserError(f"--z {item!r}: expected LABEL=PATH")
+        curves[label] = path
+    steps.z_convergence(curves, a.out)
+
+
+def cmd_rank(a: argparse.Namespace) -> None:
+    from . import steps
+
+    summary = steps.rank(
+        a.checkpoint,
+        a.out_dir,
+        n=a.n,
+        seed=a.seed,
+        threshold=a.threshold,
+        accepted_only=a.accepted_only,
+        device=_device(a),
+        figures_dir=a.figures_dir,
+    )
+    print(json.dumps(summary, indent=1))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--out", required=True, help="final checkpoint (written at the end)")
     t.add_argument("--init", help="post-hoc LARS: the trained 'gaussian' checkpoint")
+    t.add_argument("--variant", default="base", help="prior variant name (recorded in the meta)")
     t.add_argument("--log", help="also append progress lines to this file")
 
     e = command("estimate-z", cmd_estimate_z, "one shard of the high-precision Z estimate")
@@ -238,6 +284,39 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--root", default=".", help="directory the spec's paths are relative to")
     for name in ("table", "main", "metrics", "curves"):
         rp.add_argument(f"--{name}", required=True)
+
+    ap = command("appendix", cmd_appendix, "appendix Tables D.1-D.5 from the cells' results", False)
+    ap.add_argument("--spec", required=True, help="JSON: name, seeds, budget, cells")
+    ap.add_argument("--root", default=".", help="directory the spec's paths are relative to")
+    ap.add_argument("--out-dir", required=True)
+
+    rk = command("rank", cmd_rank, "rank proposal samples by a(z): grids, curve, samples file")
+    rk.add_argument("--checkpoint", required=True, help="a LARS checkpoint")
+    rk.add_argument("--out-dir", required=True, help="grid.png, acceptance.png, samples.npz, ...")
+    rk.add_argument("--n", type=int, default=10_000, help="proposal samples to rank")
+    rk.add_argument("--seed", type=int, default=0)
+    rk.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="keep only samples with a(z) >= this in samples.npz",
+    )
+    rk.add_argument(
+        "--accepted-only",
+        action="store_true",
+        help="keep only samples an accept/reject draw u < a(z) accepts",
+    )
+    rk.add_argument("--figures-dir", default=None, help="also copy the figures and summary here")
+
+    zc = command("z-convergence", cmd_z_convergence, "Figure A.2: Z_S against S", False)
+    zc.add_argument(
+        "--z",
+        action="append",
+        required=True,
+        metavar="LABEL=PATH",
+        help="a reduced z.json and its label (repeatable)",
+    )
+    zc.add_argument("--out", required=True)
     return p
 
 

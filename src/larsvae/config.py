@@ -128,6 +128,9 @@ class ReportConfig:
     samples: int = _key(64, "report", "images in each model's sample grid", lo=1)
     toy2d_steps: int = _key(2000, "report", "Adam steps per target of the 2-D figure", lo=1)
     toy2d_seed: int = _key(0, "report", "seed of the 2-D figure", lo=0)
+    rank_samples: int = _key(
+        10_000, "report", "proposal samples ranked by a(z) (Figs. D.5-D.8)", lo=1
+    )
 
 
 #: params-file section -> dataclass (``posthoc`` shares TrainConfig with ``train``).
@@ -273,6 +276,7 @@ def step_keys(step: str, prior: str = "gaussian") -> dict[str, tuple[str, ...]]:
         "evaluate": {"evaluate": _group_keys(EvalConfig, ("iwae",))},
         "sample": {"report": ("samples",)},
         "toy2d": {"report": ("toy2d_steps", "toy2d_seed")},
+        "rank": {"report": ("rank_samples",)},
     }
     if step not in table:
         raise ConfigError(f"step: unknown value {step!r} (expected one of: {', '.join(table)})")

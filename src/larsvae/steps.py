@@ -153,6 +153,7 @@ def train(
     out: PathLike,
     *,
     init: PathLike | None = None,
+    variant: str = "base",
     device: Any = "cpu",
     progress: bool = True,
     log_path: PathLike | None = None,
@@ -179,6 +180,7 @@ def train(
     meta = {
         "arch": arch,
         "prior": prior,
+        "variant": variant,
         "mode": "posthoc" if init is not None else "standard",
         "dataset": data_path.stem,
         "dataset_sha256": file_sha256(data_path),
@@ -489,6 +491,61 @@ def report(
     print(f"report: wrote {table}, {main}, {metrics}, {curves}", file=sys.stderr)
 
 
+def appendix(spec: dict[str, Any], out_dir: PathLike, root: PathLike = ".") -> list[Path]:
+    """Tables D.1-D.5 of the appendix (ours beside the paper's) from the cells' results."""
+    from .reports.appendix import write_appendix
+
+    return write_appendix(spec, out_dir, root)
+
+
+def z_convergence(z_files: dict[str, PathLike], out: PathLike) -> None:
+    """Figure A.2: Z_S against S for each labelled z.json, from its per-batch sums (no new
+    sampling: batch b's draws depend only on (seed, b), so the curve is the sequential one)."""
+    from .reports.zconvergence import plot_z_convergence
+    from .zestimate import ZEstimate
+
+    curves = {}
+    for label, path in z_files.items():
+        try:
+            curves[label] = ZEstimate.from_dict(_read_json(path, "--z")["estimate"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"--z {path}: not a Z file written by reduce-z ({exc!r})") from None
+    plot_z_convergence(curves, out)
+
+
+def rank(
+    checkpoint: PathLike,
+    out_dir: PathLike,
+    *,
+    n: int = 10_000,
+    seed: int = 0,
+    threshold: float | None = None,
+    accepted_only: bool = False,
+    device: Any = "cpu",
+    figures_dir: PathLike | None = None,
+) -> dict[str, Any]:
+    """Figures D.5-D.8: n proposal samples ranked by a(z) (larsvae.ranking.rank_checkpoint):
+    grid of the best / random / worst, sorted a(z), samples.npz and summary.json in
+    ``out_dir``; the figures and summary also copied to ``figures_dir`` if given."""
+    from .ranking import rank_checkpoint
+
+    summary = rank_checkpoint(
+        checkpoint,
+        out_dir,
+        n=n,
+        seed=seed,
+        threshold=threshold,
+        accepted_only=accepted_only,
+        device=device,
+    )
+    if figures_dir is not None:
+        Path(figures_dir).mkdir(parents=True, exist_ok=True)
+        for name in ("grid.png", "acceptance.png", "summary.json"):
+            with atomic_write(Path(figures_dir) / name, "wb") as fh:
+                fh.write((Path(out_dir) / name).read_bytes())
+    return summary
+
+
 def toy2d(out: PathLike, steps: int, seed: int, *, progress: bool = True) -> dict[str, Any]:
     """The 2-D illustration: LARS fitted to ring / two moons / checkerboard (Sec. 3, Eq. 5);
     writes the figure and ``<out>.json`` (per target: test NLL of the fit, N(0, I), the
@@ -503,6 +560,9 @@ def toy2d(out: PathLike, steps: int, seed: int, *, progress: bool = True) -> dic
 
 
 __all__ = [
+    "rank",
+    "appendix",
+    "z_convergence",
     "estimate_z",
     "evaluate",
     "posthoc_model",

@@ -10,7 +10,7 @@ from snakemake.utils import validate
 
 from larsvae import config as lconfig
 from larsvae.data.sources import export_mirrors
-from larsvae.paths import Layout, dataset_file, manifest_file
+from larsvae.paths import CELL, Layout, dataset_file, fill, manifest_file
 
 REPO = Path(workflow.basedir).resolve()
 # Every job's shell: strict mode, this interpreter's bin/ first on PATH (so `python` and
@@ -67,6 +67,12 @@ def cell_of(w, **fixed):
 def prior_tag(priors):
     """Wildcard pattern of a prior tag: one of `priors`, optionally `-<variant>`."""
     return f"(?:{'|'.join(priors)})(?:-[a-z0-9_]+)?"
+
+
+def prior_args(wildcards):
+    """--prior NAME [--variant NAME] from the prior tag (`lars-t2` -> lars, variant t2)."""
+    prior, _, variant = wildcards.prior.partition("-")
+    return f"--prior {prior}" + (f" --variant {variant}" if variant else "")
 
 
 def _json(obj):
@@ -140,8 +146,8 @@ def _cell_files(c):
                 model=P.step_params(step, c)["model"])
 
 
-def report_inputs(wildcards):
-    files = [_cell_files(c) for c in P.cells]
+def _result_inputs(cells):
+    files = [_cell_files(c) for c in cells]
     return {
         "nll": [f["nll"] for f in files],
         "z": [f["z"] for f in files if f["z"]],
@@ -150,11 +156,19 @@ def report_inputs(wildcards):
     }
 
 
-def report_spec(wildcards):
-    """What the report shows besides the result files: the budget's name, seeds, cells and
+def report_inputs(wildcards):
+    return _result_inputs(P.main_cells)
+
+
+def appendix_inputs(wildcards):
+    return _result_inputs(P.cells)
+
+
+def _spec(cells):
+    """What a report shows besides the result files: the budget's name, seeds, cells and
     the keys the cells' steps read (so a key no step reads never reruns the report)."""
     budget = {}
-    for c in P.cells:  # the variants' model keys are in their cells' "model"
+    for c in cells:  # the variants' model keys are in their cells' "model"
         steps = ["train_posthoc" if c.mode == "posthoc" else "train", "evaluate"]
         if c.variant != lconfig.BASE:
             steps = steps[1:]
@@ -166,8 +180,47 @@ def report_spec(wildcards):
         if c.is_lars:
             b["evaluate"]["z_shards"] = P.section("evaluate", c.dataset).z_shards
     spec = {"name": P.name, "seeds": list(P.seeds), "budget": budget,
-            "cells": [_cell_files(c) for c in P.cells]}
+            "cells": [_cell_files(c) for c in cells]}
     return _json(spec)
+
+
+def report_spec(wildcards):
+    return _spec(P.main_cells)
+
+
+def appendix_spec(wildcards):
+    return _spec(P.cells)
+
+
+# Figure A.2 and Figures D.5-D.8 use the base LARS cells of dynamicMNIST (joint and post-hoc)
+FIGURE_CELLS = [c for c in P.cells if c.is_lars and c.variant == lconfig.BASE
+                and c.dataset == "dynamic_mnist" and c.prior == "lars"]
+APPENDIX = {f"d{t}": L.report(f"appendix/table_d{t}.md") for t in ("1", "2", "3", "45")}
+Z_CONVERGENCE = L.report("appendix/fig_a2_z_convergence.png")
+
+
+def _label(c):
+    return f"{'LARS post-hoc' if c.mode == 'posthoc' else 'LARS joint'} ({c.arch}, seed {c.seed})"
+
+
+def convergence_inputs(wildcards):
+    return [L.z(**c.wildcards()) for c in FIGURE_CELLS]
+
+
+def convergence_args(wildcards):
+    pairs = [f"{_label(c)}={L.z(**c.wildcards())}" for c in FIGURE_CELLS]
+    return " ".join(f"--z {shlex.quote(p)}" for p in pairs)
+
+
+RANKING = L.report("appendix/ranking/{dataset}_{arch}_{prior}_{mode}_seed{seed}")
+RANKING_RUN = f"{P.runs}/ranking/{CELL}"
+
+
+def appendix_targets():
+    """Tables D.1-D.5; Figure A.2 and Figures D.5-D.8 when the budget has base LARS cells on
+    dynamicMNIST."""
+    ranked = [fill(f"{RANKING}/grid.png", **c.wildcards()) for c in FIGURE_CELLS]
+    return list(APPENDIX.values()) + ([Z_CONVERGENCE] if FIGURE_CELLS else []) + ranked
 
 
 def all_targets():
@@ -181,4 +234,5 @@ def all_targets():
         per_cell += [L.sample_grid(**w), L.model(**w), L.curve(**w), L.nll(**w)]
         if c.is_lars:
             per_cell += [L.z(**w)] + z_shards(Wildcards(w))
-    return [*REPORTS.values(), L.report("figures/fig2d_lars_toy.png"), *per_cell]
+    return [*REPORTS.values(), L.report("figures/fig2d_lars_toy.png"), *appendix_targets(),
+            *per_cell]

@@ -59,3 +59,70 @@ rule toy2d:
     shell:
         "OMP_NUM_THREADS={threads} larsvae toy2d --threads {threads} --device cpu"
         " --steps {params.steps} --seed {params.seed} --out {output.png:q} > {log:q} 2>&1"
+
+
+rule appendix_tables:
+    """Tables D.1-D.5 (post-hoc vs joint, a(z) size, truncation, flows), ours beside the paper's."""
+    input:
+        unpack(appendix_inputs),
+    output:
+        **APPENDIX,
+    log:
+        f"{P.runs}/logs/appendix_tables.log",
+    params:
+        spec=appendix_spec,
+    conda:
+        "../envs/larsvae.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "larsvae appendix --spec {params.spec:q} --out-dir \"$(dirname {output.d1:q})\""
+        " > {log:q} 2>&1"
+
+
+rule z_convergence:
+    """Figure A.2: convergence of the Z estimate, from the reduced Z's per-batch sums."""
+    input:
+        convergence_inputs,
+    output:
+        Z_CONVERGENCE,
+    log:
+        f"{P.runs}/logs/z_convergence.log",
+    params:
+        curves=convergence_args,
+    conda:
+        "../envs/larsvae.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "larsvae z-convergence {params.curves} --out {output:q} > {log:q} 2>&1"
+
+
+rule rank:
+    """Figures D.5-D.8: proposal samples ranked by a(z) (best / random / worst, sorted a(z))."""
+    input:
+        L.model(),
+    output:
+        samples=f"{RANKING_RUN}/samples.npz",
+        grid=f"{RANKING}/grid.png",
+        curve=f"{RANKING}/acceptance.png",
+        summary=f"{RANKING}/summary.json",
+    log:
+        L.log("rank"),
+    params:
+        n=P.top["report"]["rank_samples"],
+    conda:
+        "../envs/larsvae.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "OMP_NUM_THREADS={threads} larsvae rank --threads {threads} --device cpu"
+        " --checkpoint {input:q} --n {params.n} --seed {wildcards.seed}"
+        " --out-dir \"$(dirname {output.samples:q})\" --figures-dir \"$(dirname {output.grid:q})\""
+        " > {log:q} 2>&1"

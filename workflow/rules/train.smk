@@ -15,6 +15,7 @@ rule train_standard:
     log:
         L.log("train", mode="standard"),
     params:
+        prior=prior_args,
         model=step_params("train", "model", mode="standard"),
         train=step_params("train", "train", mode="standard"),
     conda:
@@ -26,7 +27,7 @@ rule train_standard:
         runtime=1440,
     shell:
         "OMP_NUM_THREADS={threads} gpu_slot larsvae train --threads {threads}"
-        " --dataset-file {input.data:q} --arch {wildcards.arch} --prior {wildcards.prior}"
+        " --dataset-file {input.data:q} --arch {wildcards.arch} {params.prior}"
         " --seed {wildcards.seed} --model-params {params.model:q}"
         " --train-params {params.train:q} --out {output.model:q} > {log:q} 2>&1"
 
@@ -43,6 +44,7 @@ rule train_joint:
     log:
         L.log("train", mode="standard"),
     params:
+        prior=prior_args,
         model=step_params("train", "model", mode="standard"),
         train=step_params("train", "train", mode="standard"),
     conda:
@@ -54,7 +56,7 @@ rule train_joint:
         runtime=1440,
     shell:
         "OMP_NUM_THREADS={threads} gpu_slot larsvae train --threads {threads}"
-        " --dataset-file {input.data:q} --arch {wildcards.arch} --prior {wildcards.prior}"
+        " --dataset-file {input.data:q} --arch {wildcards.arch} {params.prior}"
         " --seed {wildcards.seed} --model-params {params.model:q}"
         " --train-params {params.train:q} --out {output.model:q} > {log:q} 2>&1"
 
@@ -72,6 +74,7 @@ rule train_posthoc:
     log:
         L.log("train", mode="posthoc"),
     params:
+        prior=prior_args,
         model=step_params("train_posthoc", "model", mode="posthoc"),
         train=step_params("train_posthoc", "posthoc", mode="posthoc"),
     conda:
@@ -83,7 +86,7 @@ rule train_posthoc:
         runtime=1440,
     shell:
         "OMP_NUM_THREADS={threads} gpu_slot larsvae train --threads {threads}"
-        " --dataset-file {input.data:q} --arch {wildcards.arch} --prior lars"
+        " --dataset-file {input.data:q} --arch {wildcards.arch} {params.prior}"
         " --seed {wildcards.seed} --model-params {params.model:q}"
         " --train-params {params.train:q} --init {input.init:q}"
         " --out {output.model:q} > {log:q} 2>&1"
