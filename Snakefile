@@ -34,3 +34,9 @@ rule all:
     input:
         all_targets(),
     default_target: True
+
+
+rule main:
+    """The main job only (Table 1 cells and reports); `rule all` adds the appendix."""
+    input:
+        main_targets(),

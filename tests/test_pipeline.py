@@ -234,7 +234,7 @@ def test_dvc_yaml_matches_the_snakemake_dag():
     rendered = _load_dvc_stages_module().render()
     expected = yaml.safe_load(rendered)["stages"]
     actual = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert set(actual) == set(expected) == {"data", "main", "smoke"}
+    assert set(actual) == set(expected) == {"data", "main", "appendix", "smoke"}
     for name in expected:
         exp, act = _stage_paths(expected[name]), _stage_paths(actual[name])
         for kind in exp:
@@ -469,6 +469,32 @@ def test_smoke_dag_end_to_end(clone):
         SNAKEMAKE + ["-n", SMOKE.report("table1.md"), "--configfile", "params/smoke.yaml"], clone
     )
     assert "Nothing to be done" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_smoke_appendix_and_snakemake_report(clone, tmp_path):
+    """The default target adds Appendix D (tables, Figure A.2, ranking by a(z)) and the 2-D
+    figure; Snakemake's own --report publishes every table and figure with its caption."""
+    r = _run(SNAKEMAKE + ["--cores", "2", "--configfile", "params/smoke.yaml"], clone, timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    app = clone / SMOKE.reports / "appendix"
+    for t in ("d1", "d2", "d3", "d45"):
+        text = (app / f"table_{t}.md").read_text()
+        assert "Budget **`smoke`**" in text and "/ 8" in text  # ours / paper columns
+    d3 = (app / "table_d3.md").read_text()
+    assert "84.60" in d3 and "82.67" in d3  # the paper's T = 2 and T = inf rows
+    assert (app / "fig_a2_z_convergence.png").read_bytes()[:4] == b"\x89PNG"
+    for mode in ("standard", "posthoc"):
+        d = app / f"ranking/dynamic_mnist_vae_lars_{mode}_seed1"
+        summary = json.loads((d / "summary.json").read_text())
+        assert summary["n"] == 500 and 0 < summary["a_mean"] <= 1
+        assert (d / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    html = tmp_path / "report.html"
+    r = _run(SNAKEMAKE + ["--report", str(html), "--configfile", "params/smoke.yaml"], clone)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    text = html.read_text(errors="replace")
+    assert "Appendix D" in text and "Table 1" in text
 
 
 @pytest.mark.slow

@@ -223,16 +223,25 @@ def appendix_targets():
     return list(APPENDIX.values()) + ([Z_CONVERGENCE] if FIGURE_CELLS else []) + ranked
 
 
-def all_targets():
-    """The default target (and what the DVC stages build): reports, the 2-D figure, one sample
-    grid per cell, and every intermediate (checkpoints, curves, Z shards, z.json, nll.json), so
-    that a deleted intermediate is rebuilt by a plain `snakemake` / `dvc repro` even when the
-    reports that consumed it still exist."""
-    per_cell = []
-    for c in P.cells:
+def _cell_targets(cells):
+    """Every file of these cells, intermediates included, so that a deleted intermediate is
+    rebuilt by a plain `snakemake` / `dvc repro` even when the reports that used it exist."""
+    out = []
+    for c in cells:
         w = c.wildcards()
-        per_cell += [L.sample_grid(**w), L.model(**w), L.curve(**w), L.nll(**w)]
+        out += [L.sample_grid(**w), L.model(**w), L.curve(**w), L.nll(**w)]
         if c.is_lars:
-            per_cell += [L.z(**w)] + z_shards(Wildcards(w))
-    return [*REPORTS.values(), L.report("figures/fig2d_lars_toy.png"), *appendix_targets(),
-            *per_cell]
+            out += [L.z(**w)] + z_shards(Wildcards(w))
+    return out
+
+
+def main_targets():
+    """The main job (`make main`, DVC stage main): Table 1, main.md, metrics, figures, the 2-D
+    figure and the Table 1 cells."""
+    return [*REPORTS.values(), L.report("figures/fig2d_lars_toy.png"),
+            *_cell_targets(P.main_cells)]
+
+
+def all_targets():
+    """The default target: the main job, the appendix reports and every cell of the budget."""
+    return [*main_targets(), *appendix_targets(), *_cell_targets(P.cells)]

@@ -3,7 +3,10 @@ rule report:
     input:
         unpack(report_inputs),
     output:
-        **REPORTS,
+        table=report(REPORTS["table"], caption="../report/table1.rst", category="Table 1"),
+        main=report(REPORTS["main"], caption="../report/main.rst", category="Table 1"),
+        metrics=REPORTS["metrics"],
+        curves=report(REPORTS["curves"], caption="../report/curves.rst", category="Training"),
     log:
         f"{P.runs}/logs/report.log",
     params:
@@ -24,7 +27,7 @@ rule sample_grid:
     input:
         L.model(),
     output:
-        L.sample_grid(),
+        report(L.sample_grid(), caption="../report/samples.rst", category="Samples"),
     log:
         L.log("sample_grid"),
     params:
@@ -43,7 +46,8 @@ rule sample_grid:
 rule toy2d:
     """The 2-D illustration (Sec. 3): LARS over N(0, I) fitted to three toy densities."""
     output:
-        png=L.report("figures/fig2d_lars_toy.png"),
+        png=report(L.report("figures/fig2d_lars_toy.png"), caption="../report/toy2d.rst",
+                   category="2-D illustration"),
         summary=L.report("figures/fig2d_lars_toy.json"),
     log:
         f"{P.runs}/logs/toy2d.log",
@@ -66,7 +70,8 @@ rule appendix_tables:
     input:
         unpack(appendix_inputs),
     output:
-        **APPENDIX,
+        **{k: report(v, caption="../report/appendix_tables.rst", category="Appendix D")
+           for k, v in APPENDIX.items()},
     log:
         f"{P.runs}/logs/appendix_tables.log",
     params:
@@ -87,7 +92,7 @@ rule z_convergence:
     input:
         convergence_inputs,
     output:
-        Z_CONVERGENCE,
+        report(Z_CONVERGENCE, caption="../report/z_convergence.rst", category="Appendix D"),
     log:
         f"{P.runs}/logs/z_convergence.log",
     params:
@@ -108,8 +113,10 @@ rule rank:
         L.model(),
     output:
         samples=f"{RANKING_RUN}/samples.npz",
-        grid=f"{RANKING}/grid.png",
-        curve=f"{RANKING}/acceptance.png",
+        grid=report(f"{RANKING}/grid.png", caption="../report/ranking.rst",
+                    category="Appendix D"),
+        curve=report(f"{RANKING}/acceptance.png", caption="../report/ranking.rst",
+                     category="Appendix D"),
         summary=f"{RANKING}/summary.json",
     log:
         L.log("rank"),

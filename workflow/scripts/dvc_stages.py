@@ -30,19 +30,30 @@ DEPS = [
     "workflow/scripts/gpu_slot.py",
     "src/larsvae",
 ]
-#: stage -> (params file, profile, description).
+#: stage -> (params file, Snakemake target, profile, description); a stage owns the outputs of
+#: its target's DAG that no stage listed before it owns (so the appendix stage of the quick
+#: budget owns what the main job does not build).
 #: The paper budget has no stage: a frozen stage makes a plain `dvc repro` fail on a fresh
 #: clone (DVC never runs a frozen stage's cmd, it only checks that its outputs exist), and the
 #: GPU-weeks budget is run with Snakemake directly (README, "The workflow").
 STAGES = {
     "main": (
         "params/quick.yaml",
+        "main",
         "local",
         "Main job, CPU quick budget: dynamicMNIST x VAE, standard vs LARS joint vs post-hoc; "
         "reports/quick/ is committed",
     ),
+    "appendix": (
+        "params/quick.yaml",
+        "all",
+        "local",
+        "Appendix D at the CPU quick budget (Tables D.1-D.5, Figures A.2, D.5-D.8); shares the "
+        "main job's cells; reports/quick/appendix/ is committed",
+    ),
     "smoke": (
         "params/smoke.yaml",
+        "all",
         "local",
         "Smoke DAG (seconds per job, every rule type) for tests: `dvc repro smoke`",
     ),
@@ -67,8 +78,8 @@ def param_keys(params_file: str) -> list[str]:
     return leaves(yaml.safe_load((REPO / params_file).read_text()))
 
 
-def dag_outputs(params_file: str) -> list[str]:
-    """Every output file of the default target's DAG, relative to the working directory."""
+def dag_outputs(params_file: str, target: str = "all") -> list[str]:
+    """Every output file of ``target``'s DAG, relative to the working directory."""
     with tempfile.TemporaryDirectory() as empty:  # a fresh directory: every file is 'missing'
         out = subprocess.run(
             [
@@ -76,6 +87,7 @@ def dag_outputs(params_file: str) -> list[str]:
                 "-m",
                 "snakemake",
                 "--summary",
+                target,
                 "--snakefile",
                 str(REPO / "Snakefile"),
                 "--configfile",
@@ -98,33 +110,28 @@ def dag_outputs(params_file: str) -> list[str]:
 DATA = "data/processed/"
 
 
-def data_stage() -> dict:
+def data_stage(outputs: dict[str, list[str]]) -> dict:
     """Prepared data are shared by every budget, and DVC lets one stage own an output: this
     stage prepares the data of every other stage (Snakemake targets named explicitly)."""
-    files = sorted(
-        {
-            p
-            for params_file, _, _ in STAGES.values()
-            for p in dag_outputs(params_file)
-            if p.startswith(DATA)
-        }
-    )
-    params_file, profile, _ = STAGES["main"]
+    files = sorted({p for paths in outputs.values() for p in paths if p.startswith(DATA)})
+    params_file, _, profile, _ = STAGES["main"]
     return {
         "desc": "Prepared datasets (checksummed sources, fixed binarisation), shared by budgets",
-        "cmd": f"snakemake --profile workflow/profiles/{profile} --configfile {params_file} "
-        + " ".join(files),
+        "cmd": f"snakemake {' '.join(files)} --profile workflow/profiles/{profile} "
+        f"--configfile {params_file}",
         "deps": list(DEPS),
         "outs": [{p: {"persist": True}} for p in files],
     }
 
 
-def stage(name: str) -> dict:
-    params_file, profile, desc = STAGES[name]
-    outs, metrics, plots, data = [], [], [], []
-    for path in dag_outputs(params_file):
-        if path.startswith(DATA):
-            data.append(path)
+def stage(name: str, paths: list[str], owned: set[str]) -> dict:
+    """Stage ``name`` over its target's outputs ``paths``; those in ``owned`` (data, or an
+    earlier stage's) become dependencies."""
+    params_file, target, profile, desc = STAGES[name]
+    outs, metrics, plots, deps = [], [], [], []
+    for path in paths:
+        if path in owned:
+            deps.append(path)
             continue
         committed = path.startswith("reports/")  # runs/<budget>/reports are DVC-cached
         if path.endswith("/metrics.json"):
@@ -133,16 +140,14 @@ def stage(name: str) -> dict:
             plots.append({path: {"x": "step", "y": "neg_elbo", "persist": True}})
         else:
             outs.append(
-                {
-                    path: {"cache": not committed, "persist": True}
-                    if committed
-                    else {"persist": True}
-                }
+                {path: {"cache": False, "persist": True} if committed else {"persist": True}}
             )
+    # the target goes first: --configfile takes several values and would swallow it
+    tgt = "" if target == "all" else f" {target}"
     return {
         "desc": desc,
-        "cmd": f"snakemake --profile workflow/profiles/{profile} --configfile {params_file}",
-        "deps": list(DEPS) + data,
+        "cmd": f"snakemake{tgt} --profile workflow/profiles/{profile} --configfile {params_file}",
+        "deps": list(DEPS) + deps,
         "params": [{params_file: param_keys(params_file)}],
         "outs": outs,
         "metrics": metrics,
@@ -151,8 +156,16 @@ def stage(name: str) -> dict:
 
 
 def render() -> str:
-    doc = {"stages": {"data": data_stage(), **{name: stage(name) for name in STAGES}}}
-    return HEADER + yaml.safe_dump(doc, sort_keys=False, width=100)
+    outputs = {
+        name: dag_outputs(params_file, target)
+        for name, (params_file, target, _, _) in STAGES.items()
+    }
+    stages = {"data": data_stage(outputs)}
+    owned = {next(iter(o)) for o in stages["data"]["outs"]}
+    for name in STAGES:
+        stages[name] = stage(name, outputs[name], owned)
+        owned |= set(outputs[name])
+    return HEADER + yaml.safe_dump({"stages": stages}, sort_keys=False, width=100)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -130,6 +130,13 @@ def gain(cells: dict[tuple, CellResult], dataset: str, arch: str, mode: str = "s
     return std.nll - lars.nll
 
 
+def _source(source: str) -> str:
+    """'mirror /abs/path/mnist.pkl.gz' -> 'mirror mnist.pkl.gz': reports name the kind of
+    source and the file, never a path of the machine that made them (the sha256 pins it)."""
+    kind, _, where = source.partition(" ")
+    return f"{kind} {where.rstrip('/').rsplit('/', 1)[-1]}" if where else kind
+
+
 def _data_versions(spec: dict[str, Any], root: Path) -> list[str]:
     lines = []
     for path in sorted({c["manifest"] for c in spec["cells"]}):
@@ -137,7 +144,7 @@ def _data_versions(spec: dict[str, Any], root: Path) -> list[str]:
         if not p.exists():
             continue
         m = json.loads(p.read_text())
-        srcs = sorted({f.get("source", "?") for f in m.get("files", [])})
+        srcs = sorted({_source(f.get("source", "?")) for f in m.get("files", [])})
         test_sha = m.get("array_sha256", {}).get("test", "")[:12]
         splits = "/".join(
             str(m.get("splits", {}).get(s, {}).get("n", "?")) for s in ("train", "valid", "test")
