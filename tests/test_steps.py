@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,3 +98,82 @@ def test_steps_refuse_mismatched_inputs_naming_the_file(cells, tmp_path):
     with pytest.raises(UserError, match="--z: required"):
         steps.evaluate(cells["joint"], cells["data"], EVAL, tmp_path / "nll.json", progress=False)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+# ---------------------------------------------------------------------------------------
+# Provenance: an artefact used in the wrong place is one clear error, nothing written
+
+
+def _shards_and_z(ckpt, tmp_path):
+    shards = [tmp_path / f"shard{i}of2.json" for i in range(2)]
+    for i, s in enumerate(shards):
+        steps.estimate_z(ckpt, EVAL, i, 2, s, progress=False)
+    steps.reduce_z(shards, tmp_path / "z.json")
+    return shards, tmp_path / "z.json"
+
+
+def test_a_checkpoint_of_another_cell_is_refused(cells, tmp_path):
+    import shutil
+
+    from larsvae.paths import Layout
+
+    lay = Layout(str(tmp_path / "runs"), str(tmp_path / "reports"))
+    joint = lay.model(dataset="dynamic_mnist", arch="vae", prior="lars", mode="standard", seed=1)
+    Path(joint).parent.mkdir(parents=True)
+    shutil.copy(cells["posthoc"], joint)  # the post-hoc model planted in the joint cell
+    with pytest.raises(UserError, match="mode = 'posthoc'.*mode = 'standard'"):
+        steps.estimate_z(joint, EVAL, 0, 1, tmp_path / "s.json", progress=False)
+    shutil.copy(cells["joint"], joint)  # the right one passes
+    steps.estimate_z(joint, EVAL, 0, 1, tmp_path / "s.json", progress=False)
+
+
+def test_another_dataset_is_refused(cells, tmp_path):
+    from conftest import make_tiny_dataset
+
+    other = make_tiny_dataset(tmp_path / "other", seed=7)  # same name, other images
+    with pytest.raises(UserError, match="not the data .* was trained on"):
+        steps.evaluate(cells["gaussian"], other, EVAL, tmp_path / "nll.json", progress=False)
+    assert not (tmp_path / "nll.json").exists()
+
+
+def test_z_must_be_complete_finite_and_tied_to_the_model(cells, tmp_path):
+    shards, z = _shards_and_z(cells["joint"], tmp_path)
+    nll = tmp_path / "nll.json"
+
+    def evaluate(zfile):
+        steps.evaluate(cells["joint"], cells["data"], EVAL, nll, z=zfile, progress=False)
+
+    with pytest.raises(UserError, match="one Z shard"):
+        evaluate(shards[0])
+    obj = json.loads(z.read_text())
+    for name, edit, msg in [
+        ("nosha.json", {"checkpoint_sha256": None}, "records no checkpoint_sha256"),
+        ("other.json", {"checkpoint_sha256": "0" * 64}, "another checkpoint"),
+    ]:
+        (tmp_path / name).write_text(json.dumps({**obj, **edit}))
+        with pytest.raises(UserError, match=msg):
+            evaluate(tmp_path / name)
+    with pytest.raises(UserError, match="Z was estimated for another checkpoint"):
+        steps.evaluate(cells["posthoc"], cells["data"], EVAL, nll, z=z, progress=False)
+    # a batch sum of NaN in a shard: reduce-z refuses it, naming the shard
+    bad = json.loads(shards[1].read_text())
+    bad["estimate"]["batches"][0][3] = float("nan").hex()  # [index, units, samples, sum, ...]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(UserError, match="bad.json: a batch sum is NaN"):
+        steps.reduce_z([shards[0], tmp_path / "bad.json"], tmp_path / "zbad.json")
+    assert not (tmp_path / "zbad.json").exists() and not nll.exists()
+
+
+def test_identical_training_gives_identical_bytes(cells, tmp_path):
+    """No wall time or resume history in model.pt: its sha256 (and DVC hash) is a function
+    of the inputs."""
+    from larsvae.utils import file_sha256
+
+    mcfg, tcfg = model_config(SMALL_MODEL), train_config({"iterations": 6, "batch_size": 16})
+    out = tmp_path / "again" / "model.pt"
+    steps.train(cells["data"], "vae", "lars", 1, mcfg, tcfg, out, progress=False)
+    assert file_sha256(out) == file_sha256(cells["joint"])
+    assert (
+        out.with_name("curve.tsv").read_bytes()
+        == cells["joint"].with_name("curve.tsv").read_bytes()
+    )

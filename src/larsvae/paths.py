@@ -14,7 +14,10 @@ pattern) and ``.model(**cell)`` the file of one cell.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 DATA = "data/processed"
@@ -38,6 +41,19 @@ def dataset_file(dataset: str = "{dataset}") -> str:
 
 def manifest_file(dataset: str = "{dataset}") -> str:
     return f"{DATA}/{dataset}.json"
+
+
+_CELL_RE = re.compile(
+    r"(?:^|/)(?P<dataset>[a-z_]+)/(?P<arch>[a-z]+)/(?P<prior>[a-z_]+(?:-[a-z0-9_]+)?)/"
+    r"(?P<mode>standard|posthoc)/seed(?P<seed>\d+)/[^/]+$"
+)
+
+
+def cell_of_path(path: str | os.PathLike) -> dict[str, str] | None:
+    """The cell wildcards a checkpoint's path encodes (``.../{CELL}/model.pt``), or None for
+    a path outside the layout (a checkpoint a researcher saved elsewhere)."""
+    m = _CELL_RE.search(Path(path).as_posix())
+    return m.groupdict() if m else None
 
 
 @dataclass(frozen=True)
@@ -79,4 +95,4 @@ class Layout:
         )
 
 
-__all__ = ["CELL", "DATA", "Layout", "dataset_file", "fill", "manifest_file"]
+__all__ = ["CELL", "DATA", "Layout", "cell_of_path", "dataset_file", "fill", "manifest_file"]

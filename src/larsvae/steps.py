@@ -209,10 +209,41 @@ def train(
 # Z
 
 
-def _lars_model(checkpoint: PathLike, device: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
-    from .checkpoint import is_lars, load_model
+def load_checked(checkpoint: PathLike, device: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``load_model``, refusing a checkpoint whose meta names another cell than the path it
+    sits in (``.../{dataset}/{arch}/{prior}/{mode}/seed{seed}/model.pt``, larsvae.paths)."""
+    from .checkpoint import load_model
+    from .paths import cell_of_path
 
     model, ckpt = load_model(existing_file(checkpoint, "--checkpoint"), device)
+    where = cell_of_path(checkpoint)
+    if where is not None:
+        meta = ckpt["meta"]
+        tag = (
+            meta.get("prior")
+            if meta.get("variant", "base") == "base"
+            else (f"{meta.get('prior')}-{meta.get('variant')}")
+        )
+        have = dict(
+            dataset=meta.get("dataset"),
+            arch=meta.get("arch"),
+            prior=tag,
+            mode=meta.get("mode", "standard"),
+            seed=str(meta.get("seed")),
+        )
+        for key, value in where.items():
+            if have[key] != value:
+                raise UserError(
+                    f"--checkpoint {checkpoint}: its meta says {key} = {have[key]!r} but it sits "
+                    f"in the folder of {key} = {value!r}: a checkpoint of another cell"
+                )
+    return model, ckpt
+
+
+def _lars_model(checkpoint: PathLike, device: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+    from .checkpoint import is_lars
+
+    model, ckpt = load_checked(checkpoint, device)
     if not is_lars(ckpt["meta"]):
         raise UserError(
             f"--checkpoint {checkpoint}: prior {ckpt['meta'].get('prior')!r} has no normalising "
@@ -306,6 +337,10 @@ def reduce_z(shards: Sequence[PathLike], out: PathLike) -> dict[str, Any]:
     from .zestimate import ZEstimate
 
     objs = [(str(p), _read_shard(p)) for p in shards]
+    for path, obj in objs:
+        est = obj["_est"]
+        if not (math.isfinite(est.sum) and math.isfinite(est.sum_sq)):
+            raise UserError(f"shard {path}: a batch sum is NaN or infinite; rerun this shard")
     first_path, first = objs[0]
     for path, obj in objs[1:]:
         for key in _SHARD_KEYS:
@@ -355,9 +390,27 @@ def read_z(path: PathLike, checkpoint: PathLike) -> Any:
         est = ZEstimate.from_dict(obj["estimate"])
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"--z {path}: not a Z file written by reduce-z ({exc!r})") from None
+    if "shard" in obj:
+        raise UserError(
+            f"--z {path}: one Z shard ({obj['shard']} of {obj.get('num_shards')}), not the "
+            "estimate reduced from all shards (larsvae reduce-z)"
+        )
+    if not est.complete:
+        raise UserError(f"--z {path}: holds {len(est.partials)} of {est.num_batches} batches")
     sha = obj.get("checkpoint_sha256")
-    if sha is not None and sha != file_sha256(checkpoint):
+    if not sha:
+        raise UserError(
+            f"--z {path}: records no checkpoint_sha256, so it cannot be tied to {checkpoint}"
+        )
+    if sha != file_sha256(checkpoint):
         raise UserError(f"--z {path}: Z was estimated for another checkpoint than {checkpoint}")
+    mean = float(est.mean)
+    if not math.isfinite(mean):
+        raise UserError(
+            f"--z {path}: Z = {mean} is not a finite number (a batch sum is NaN or infinite)"
+        )
+    if mean > 1.0:
+        raise UserError(f"--z {path}: Z = {mean} > 1 is impossible (Z = E[a(z)], a in [0, 1])")
     if not math.isfinite(float(est.log_mean)):
         raise UserError(
             f"--z {path}: Z estimate underflows (log Z = {est.log_mean}): every "
@@ -382,12 +435,18 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """IWAE test NLL with ``ecfg.iwae_k`` samples; LARS priors use the Z of ``z``."""
-    from .checkpoint import is_lars, load_model
+    from .checkpoint import is_lars
     from .data.loaders import eval_tensor
     from .evaluation import elbo_terms, nll_summary
 
-    model, ckpt = load_model(existing_file(checkpoint, "--checkpoint"), device)
+    model, ckpt = load_checked(checkpoint, device)
     meta = ckpt["meta"]
+    data_sha = file_sha256(existing_file(dataset_file, "--dataset-file"))
+    if meta.get("dataset_sha256") not in (None, data_sha):
+        raise UserError(
+            f"--dataset-file {dataset_file}: not the data {checkpoint} was trained on (sha256 "
+            f"{data_sha[:12]}... vs {str(meta['dataset_sha256'])[:12]}... in its meta)"
+        )
     lars = is_lars(meta)
     z_est = None
     if lars:
@@ -451,12 +510,11 @@ def sample_grid(
     LARS samples ranked by a(z) (the paper's quality score, Sec. 5), best first."""
     from torchvision.utils import save_image
 
-    from .checkpoint import load_model
     from .distributions import ResampledPrior
 
     if n < 1:
         raise UserError(f"--n: expected an integer >= 1, got {n}")
-    model, _ = load_model(existing_file(checkpoint, "--checkpoint"), device)
+    model, _ = load_checked(checkpoint, device)
     torch.manual_seed(derive_seed(seed, SAMPLE_TAG))
     with torch.no_grad():
         prior = model.top_prior

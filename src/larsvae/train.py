@@ -443,7 +443,10 @@ class _Run:
                     "columns": self.columns,
                     "values": _curve_tensor(st.curve, len(self.columns)),
                 },
-                "summary": {k: v for k, v in summary.items() if v is not None},
+                # timings and resume history stay out: identical training, identical bytes
+                "summary": {
+                    k: v for k, v in summary.items() if v is not None and k not in _RUN_ONLY
+                },
             },
             self.out_path,
         )
@@ -613,6 +616,10 @@ def fit(
     if summary["finished"]:
         run.finish(summary)
     return summary
+
+
+#: summary keys that describe one process's run, not the model (kept out of model.pt)
+_RUN_ONLY = ("wall_time_s", "sec_per_step", "steps_this_run", "resumed_from")
 
 
 def _check_finite_params(model: torch.nn.Module, step: int) -> None:
