@@ -10,7 +10,14 @@ only turns arguments into typed configs); tests and notebooks call them in-proce
     evaluate       IWAE test NLL of one cell (LARS: with the reduced Z, Eq. A.7/A.14)
     sample_grid    a PNG grid of model samples (LARS: ranked by a(z), best first)
     report         Table 1, the main-job summary, metrics.json and the curve figure
+    appendix       Tables D.1-D.5 of the appendix
+    z_convergence  Figure A.2: Z_S against S from the reduced estimate's batch sums
+    rank           Figures D.5-D.8: proposal samples ranked by a(z)
     toy2d          the 2-D illustration (LARS on toy densities)
+
+Consumers verify what they are handed: a checkpoint must belong to the cell its folder names,
+the dataset must be the one it was trained on, a Z must be the complete reduced estimate of
+this very checkpoint (:func:`load_checked`, :func:`read_z`).
 
 User errors raise :class:`larsvae.utils.UserError` (or ConfigError/DataError) with one line
 naming the file or key; every output is written atomically, so a failed step writes nothing.
