@@ -294,6 +294,23 @@ def test_gpu_slot_concurrent_jobs_get_distinct_devices(tmp_path):
     assert max(r["t1"] for r in runs) - min(r["t0"] for r in runs) >= 2.4 - 0.05
 
 
+def test_gpu_slot_shares_a_device_between_k_jobs_and_never_more(tmp_path):
+    """LARSVAE_JOBS_PER_GPU=2 on 2 devices: 4 jobs run at once, at most 2 per device, each job
+    sees exactly one device."""
+    env = _slot_env(
+        LARSVAE_FAKE_GPUS="2", LARSVAE_GPU_LOCK_DIR=str(tmp_path), LARSVAE_JOBS_PER_GPU="2"
+    )
+    procs = [_probe(env, 0.8) for _ in range(6)]
+    runs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    assert {r["dev"] for r in runs} == {"0", "1"}
+    for r in runs:  # at any job's start, at most 2 jobs hold its device
+        overlap = [o for o in runs if o["dev"] == r["dev"] and o["t0"] <= r["t0"] < o["t1"]]
+        assert len(overlap) <= 2, overlap
+    # 6 jobs x 0.8 s on 4 slots: two rounds, not one and not three
+    span = max(r["t1"] for r in runs) - min(r["t0"] for r in runs)
+    assert 1.6 - 0.05 <= span < 2.4, span
+
+
 def test_gpu_slot_uses_only_the_visible_devices(tmp_path):
     env = _slot_env(CUDA_VISIBLE_DEVICES="2,5", LARSVAE_GPU_LOCK_DIR=str(tmp_path))
     procs = [_probe(env, 0.5) for _ in range(2)]

@@ -13,7 +13,9 @@ Pass-through (the command runs unchanged):
   SLURM_JOB_GPUS / SLURM_STEP_GPUS is set (SLURM's gres assignment is used as it is).
 
 Devices: those in ``CUDA_VISIBLE_DEVICES`` if set, else ``LARSVAE_FAKE_GPUS`` (a count, for
-tests), else ``nvidia-smi -L``. Lock files: ``--lock-dir``, ``$LARSVAE_GPU_LOCK_DIR`` or
+tests), else ``nvidia-smi -L``. ``LARSVAE_JOBS_PER_GPU=k`` (default 1) gives each device k slots,
+so that k small jobs share one GPU (e.g. 4 VAE trainings per H100, which one alone leaves
+mostly idle); every job still sees exactly one device. Lock files: ``--lock-dir``, ``$LARSVAE_GPU_LOCK_DIR`` or
 ``<tmp>/larsvae-gpu-slots-<uid>`` (machine-wide, so two workflows on one machine share them).
 """
 
@@ -47,13 +49,22 @@ def visible_devices(env: dict[str, str]) -> list[str]:
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
-def acquire(devices: list[str], lock_dir: str, poll_s: float = 0.2) -> tuple[str, int]:
-    """Block until one device's lock is free; return (device, locked fd)."""
+def acquire(
+    devices: list[str], lock_dir: str, per_device: int = 1, poll_s: float = 0.2
+) -> tuple[str, int]:
+    """Block until one of the ``per_device`` slots of a device is free; return (device, fd).
+    Slots are filled device by device in turn (slot 0 of every device first), so jobs spread
+    over the GPUs before they share one."""
     os.makedirs(lock_dir, exist_ok=True)
     waited = False
+    names = [
+        (dev, f"gpu{dev}.lock" if j == 0 else f"gpu{dev}.{j}.lock")
+        for j in range(per_device)
+        for dev in devices
+    ]
     while True:
-        for dev in devices:
-            fd = os.open(os.path.join(lock_dir, f"gpu{dev}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+        for dev, name in names:
+            fd = os.open(os.path.join(lock_dir, name), os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -88,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
             or env.get("LARSVAE_GPU_LOCK_DIR")
             or os.path.join(tempfile.gettempdir(), f"larsvae-gpu-slots-{os.getuid()}")
         )
-        dev, fd = acquire(devices, lock_dir)
+        per_device = int(env.get("LARSVAE_JOBS_PER_GPU", "1") or 1)
+        dev, fd = acquire(devices, lock_dir, max(1, per_device))
         os.set_inheritable(fd, True)  # the exec'd command keeps the slot until it exits
         env["CUDA_VISIBLE_DEVICES"] = dev
         print(
