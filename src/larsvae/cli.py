@@ -8,6 +8,7 @@ status 2 (a diverged training run: status 1), never a traceback.
     larsvae prepare-data --dataset D [--out-dir DIR] [--mirror DIR ...]
     larsvae train        --dataset-file F.npz --arch A --prior P --seed S --model-params JSON
                          --train-params JSON --out model.pt [--init CKPT]   (post-hoc)
+                         [--variant NAME]   (the prior variant, recorded in the meta)
     larsvae estimate-z   --checkpoint CKPT --shard I --num-shards N --eval-params JSON --out s.json
     larsvae reduce-z     --out z.json SHARD.json ...
     larsvae evaluate     --checkpoint CKPT [--z z.json] --dataset-file F.npz --eval-params JSON
@@ -16,8 +17,8 @@ status 2 (a diverged training run: status 1), never a traceback.
     larsvae report       --spec JSON --table T.md --main M.md --metrics M.json --curves C.png
     larsvae toy2d        --out fig.png [--steps 2000] [--seed 0]
     larsvae appendix     --spec JSON --out-dir DIR              (Tables D.1-D.5)
-    larsvae rank         --checkpoint CKPT --out-dir DIR [--n 10000] [--threshold A]
-                         [--accepted-only]                       (Figures D.5-D.8)
+    larsvae rank         --checkpoint CKPT --out-dir DIR [--n 10000] [--seed S]
+                         [--threshold A] [--accepted-only] [--figures-dir DIR]   (Figs. D.5-D.8)
     larsvae z-convergence --z LABEL=z.json ... --out fig.png    (Figure A.2)
 """
 

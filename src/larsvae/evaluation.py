@@ -277,13 +277,6 @@ def nll_summary(
     )
 
 
-__all__ = [
-    "iwae_log_likelihood",
-    "nll_summary",
-    "NLLSummary",
-    "nll_z_error",
-    "dlogp_dlogz",
-]
 
 
 @dataclass(frozen=True)
@@ -338,3 +331,14 @@ def elbo_terms(
     n = x.shape[0]
     se = float(total.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
     return ELBOSummary(float(total.mean()), float(kl.mean()), float(rec.mean()), se, samples, n)
+
+
+__all__ = [
+    "ELBOSummary",
+    "NLLSummary",
+    "dlogp_dlogz",
+    "elbo_terms",
+    "iwae_log_likelihood",
+    "nll_summary",
+    "nll_z_error",
+]
