@@ -277,8 +277,6 @@ def nll_summary(
     )
 
 
-
-
 @dataclass(frozen=True)
 class ELBOSummary:
     """Test-set means of the negative ELBO and its two terms (nats, positive), Eq. 1:
