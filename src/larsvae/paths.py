@@ -88,6 +88,21 @@ class Layout:
         """``table1.md``, ``main.md``, ``metrics.json`` or a file under ``figures/``."""
         return f"{self.reports}/{name}"
 
+    def appendix(self, name: str) -> str:
+        """``table_d1.md`` ... ``table_d45.md``, ``fig_a2_z_convergence.png``."""
+        return f"{self.reports}/appendix/{name}"
+
+    def ranking(self, **w: Any) -> str:
+        """Folder of one cell's ranking figures (Figs. D.5-D.8)."""
+        return fill(
+            f"{self.reports}/appendix/ranking/{{dataset}}_{{arch}}_{{prior}}_{{mode}}_seed{{seed}}",
+            **w,
+        )
+
+    def ranking_run(self, **w: Any) -> str:
+        """Folder of one cell's ranked samples (samples.npz; too large for git)."""
+        return fill(f"{self.runs}/ranking/{CELL}", **w)
+
     def sample_grid(self, **w: Any) -> str:
         return fill(
             f"{self.reports}/figures/samples/{{dataset}}_{{arch}}_{{prior}}_{{mode}}_seed{{seed}}.png",

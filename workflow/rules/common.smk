@@ -10,7 +10,7 @@ from snakemake.utils import validate
 
 from larsvae import config as lconfig
 from larsvae.data.sources import export_mirrors
-from larsvae.paths import CELL, Layout, dataset_file, fill, manifest_file
+from larsvae.paths import Layout, dataset_file, fill, manifest_file
 
 REPO = Path(workflow.basedir).resolve()
 # Every job's shell: strict mode, this interpreter's bin/ first on PATH (so `python` and
@@ -195,8 +195,8 @@ def appendix_spec(wildcards):
 # Figure A.2 and Figures D.5-D.8 use the base LARS cells of dynamicMNIST (joint and post-hoc)
 FIGURE_CELLS = [c for c in P.cells if c.is_lars and c.variant == lconfig.BASE
                 and c.dataset == "dynamic_mnist" and c.prior == "lars"]
-APPENDIX = {f"d{t}": L.report(f"appendix/table_d{t}.md") for t in ("1", "2", "3", "45")}
-Z_CONVERGENCE = L.report("appendix/fig_a2_z_convergence.png")
+APPENDIX = {f"d{t}": L.appendix(f"table_d{t}.md") for t in ("1", "2", "3", "45")}
+Z_CONVERGENCE = L.appendix("fig_a2_z_convergence.png")
 
 
 def _label(c):
@@ -212,8 +212,8 @@ def convergence_args(wildcards):
     return " ".join(f"--z {shlex.quote(p)}" for p in pairs)
 
 
-RANKING = L.report("appendix/ranking/{dataset}_{arch}_{prior}_{mode}_seed{seed}")
-RANKING_RUN = f"{P.runs}/ranking/{CELL}"
+RANKING = L.ranking()
+RANKING_RUN = L.ranking_run()
 
 
 def appendix_targets():
