@@ -490,6 +490,34 @@ def test_smoke_dag_end_to_end(clone):
 
 @pytest.mark.slow
 @pytest.mark.e2e
+def test_a_corrupted_dataset_costs_no_checkpoint(clone, tmp_path):
+    """A modified npz (valid zip, one pixel of the test split changed) fails the check_data
+    job with one clear line; the training jobs never start, so the good checkpoints stay."""
+    import numpy as np
+
+    npz = clone / "data/processed/dynamic_mnist.npz"
+    models = sorted((clone / SMOKE.runs / "models").rglob("model.pt"))
+    assert models, "needs the finished smoke run above"
+    before = {m: m.read_bytes() for m in models}
+    original = npz.read_bytes()
+    with np.load(npz) as z:
+        arrays = {k: z[k].copy() for k in z.files}
+    arrays["test"][0, 0] ^= 1
+    np.savez_compressed(npz, **arrays)
+    try:
+        r = _run(SNAKEMAKE + ["--cores", "2", "--configfile", "params/smoke.yaml"], clone)
+        assert r.returncode != 0
+        log = (clone / "logs/check_data/dynamic_mnist.log").read_text()
+        assert "split 'test' has sha256" in log and "Traceback" not in log, log
+        assert {m: m.read_bytes() for m in models} == before  # no checkpoint lost or touched
+    finally:
+        npz.write_bytes(original)
+    r = _run(SNAKEMAKE + ["--cores", "2", "--configfile", "params/smoke.yaml"], clone)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_smoke_appendix_and_snakemake_report(clone, tmp_path):
     """The default target adds Appendix D (tables, Figure A.2, ranking by a(z)) and the 2-D
     figure; Snakemake's own --report publishes every table and figure with its caption."""

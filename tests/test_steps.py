@@ -177,3 +177,28 @@ def test_identical_training_gives_identical_bytes(cells, tmp_path):
         out.with_name("curve.tsv").read_bytes()
         == cells["joint"].with_name("curve.tsv").read_bytes()
     )
+
+
+def test_check_data_verifies_every_split_against_the_manifest(tmp_path):
+    """A modified split (same shapes, one pixel changed) or a renamed dataset is refused before
+    any training or evaluation job may start (the rules need the stamp)."""
+    import hashlib
+
+    import numpy as np
+    from conftest import make_tiny_dataset
+
+    data = make_tiny_dataset(tmp_path / "d")
+    with np.load(data) as z:
+        arrays = {s: z[s] for s in ("train", "valid", "test")}
+    manifest = json.loads(data.with_suffix(".json").read_text())
+    manifest["array_sha256"] = {
+        s: hashlib.sha256(a.tobytes()).hexdigest() for s, a in arrays.items()
+    }
+    data.with_suffix(".json").write_text(json.dumps(manifest))
+    stamp = steps.check_data(data, tmp_path / "ok.json")
+    assert stamp["array_sha256"] == manifest["array_sha256"]
+    arrays["test"][0, 0] ^= 1  # one flipped pixel
+    np.savez_compressed(data, **arrays)
+    with pytest.raises(UserError, match="split 'test' has sha256"):
+        steps.check_data(data, tmp_path / "bad.json")
+    assert not (tmp_path / "bad.json").exists()

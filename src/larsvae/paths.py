@@ -56,6 +56,11 @@ def cell_of_path(path: str | os.PathLike) -> dict[str, str] | None:
     return m.groupdict() if m else None
 
 
+def verified_file(dataset: str = "{dataset}") -> str:
+    """Stamp of :func:`larsvae.steps.check_data`: the npz's arrays match their manifest."""
+    return f"{DATA}/{dataset}.verified.json"
+
+
 @dataclass(frozen=True)
 class Layout:
     """The output tree of one budget."""
@@ -110,4 +115,13 @@ class Layout:
         )
 
 
-__all__ = ["CELL", "DATA", "Layout", "cell_of_path", "dataset_file", "fill", "manifest_file"]
+__all__ = [
+    "CELL",
+    "DATA",
+    "Layout",
+    "cell_of_path",
+    "dataset_file",
+    "fill",
+    "manifest_file",
+    "verified_file",
+]

@@ -4,6 +4,7 @@ Every Snakemake rule calls exactly one of these through ``larsvae <command>`` (:
 only turns arguments into typed configs); tests and notebooks call them in-process:
 
     prepare_data   dataset -> data/processed/{dataset}.npz + manifest
+    check_data     the npz's arrays against the manifest's sha256 (a stamp the jobs need)
     train          one cell: standard prior, joint LARS (Algorithm 1) or post-hoc LARS
     estimate_z     one shard of the Monte Carlo estimate of Z = E_pi[a(z)] (Eq. A.3)
     reduce_z       exact merge of a complete set of shards
@@ -107,6 +108,51 @@ def prepare_data(
         registry=registry,
         seed=DEFAULT_SEED if seed is None else seed,
     )
+
+
+def check_data(dataset_file: PathLike, out: PathLike) -> dict[str, Any]:
+    """Verify a prepared npz against its manifest (every split's sha256, the dataset name) and
+    write a stamp. The training and evaluation rules depend on the stamp, so a corrupted or
+    swapped dataset fails here, before any job that would replace a good checkpoint starts."""
+    import hashlib
+
+    import numpy as np
+
+    from .data import load_manifest
+
+    path = existing_file(dataset_file, "--dataset-file")
+    manifest = load_manifest(path)
+    want = manifest.get("array_sha256")
+    if not isinstance(want, dict) or not want:
+        raise UserError(
+            f"--dataset-file {path}: its manifest records no array_sha256 (not "
+            "written by larsvae prepare-data?)"
+        )
+    if manifest.get("dataset") != path.stem:
+        raise UserError(
+            f"--dataset-file {path}: the manifest describes dataset "
+            f"{manifest.get('dataset')!r}, not {path.stem!r}"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            have = {
+                s: hashlib.sha256(np.ascontiguousarray(z[s]).tobytes()).hexdigest() for s in want
+            }
+    except Exception as exc:  # truncated or corrupt zip, missing split
+        raise UserError(
+            f"--dataset-file {path}: cannot be read (corrupt dataset file?): "
+            f"{' '.join(str(exc).split())[:160]}"
+        ) from None
+    for split, sha in want.items():
+        if have[split] != sha:
+            raise UserError(
+                f"--dataset-file {path}: split {split!r} has sha256 "
+                f"{have[split][:12]}..., its manifest says {sha[:12]}...: the file "
+                "was modified or replaced; run larsvae prepare-data again"
+            )
+    stamp = {"dataset": path.stem, "npz_sha256": file_sha256(path), "array_sha256": have}
+    write_json(out, stamp)
+    return stamp
 
 
 # ---------------------------------------------------------------------------------------
@@ -625,6 +671,7 @@ def toy2d(out: PathLike, steps: int, seed: int, *, progress: bool = True) -> dic
 
 
 __all__ = [
+    "check_data",
     "rank",
     "appendix",
     "z_convergence",

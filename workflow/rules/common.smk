@@ -10,7 +10,7 @@ from snakemake.utils import validate
 
 from larsvae import config as lconfig
 from larsvae.data.sources import export_mirrors
-from larsvae.paths import Layout, dataset_file, fill, manifest_file
+from larsvae.paths import Layout, dataset_file, fill, manifest_file, verified_file
 
 REPO = Path(workflow.basedir).resolve()
 # Every job's shell: strict mode, this interpreter's bin/ first on PATH (so `python` and
@@ -104,6 +104,11 @@ def train_data(wildcards):
     return dataset_file(wildcards.dataset)
 
 
+def verified(wildcards):
+    """The check_data stamp of the job's dataset (verified before the job may start)."""
+    return verified_file(wildcards.dataset)
+
+
 def posthoc_init(wildcards):
     """Post-hoc LARS (any variant) starts from the standard-prior checkpoint of the same
     dataset, architecture and seed."""
@@ -124,7 +129,8 @@ def z_shards(wildcards):
 
 def evaluate_inputs(wildcards):
     """Checkpoint + data, plus z.json for LARS priors only (others need no Z)."""
-    inputs = {"model": L.model(**wildcards), "data": dataset_file(wildcards.dataset)}
+    inputs = {"model": L.model(**wildcards), "data": dataset_file(wildcards.dataset),
+              "verified": verified_file(wildcards.dataset)}
     if cell_of(wildcards).is_lars:
         inputs["z"] = L.z(**wildcards)
     return inputs

@@ -14,3 +14,23 @@ rule prepare_data:
     shell:
         "larsvae prepare-data --dataset {wildcards.dataset} --out-dir \"$(dirname {output.npz:q})\""
         " > {log:q} 2>&1"
+
+
+rule check_data:
+    """Every split of the npz against its manifest's sha256: the training and evaluation jobs
+    need this stamp, so a corrupted dataset fails here and no good checkpoint is replaced."""
+    input:
+        npz=dataset_file(),
+        manifest=manifest_file(),
+    output:
+        verified_file(),
+    log:
+        "logs/check_data/{dataset}.log",
+    conda:
+        "../envs/larsvae.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "larsvae check-data --dataset-file {input.npz:q} --out {output:q} > {log:q} 2>&1"

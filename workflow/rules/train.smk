@@ -7,6 +7,7 @@ rule train_standard:
     """Standard (non-LARS) prior trained from scratch: the Table 1 baseline."""
     input:
         data=train_data,
+        verified=verified,
     output:
         model=L.model(mode="standard"),
         curve=L.curve(mode="standard"),
@@ -36,6 +37,7 @@ rule train_joint:
     """LARS prior trained jointly with encoder/decoder from scratch (Algorithm 1)."""
     input:
         data=train_data,
+        verified=verified,
     output:
         model=L.model(mode="standard"),
         curve=L.curve(mode="standard"),
@@ -65,6 +67,7 @@ rule train_posthoc:
     """Post-hoc LARS: a(z) trained on the frozen standard-prior model of the same cell."""
     input:
         data=train_data,
+        verified=verified,
         init=posthoc_init,
     output:
         model=L.model(mode="posthoc"),
