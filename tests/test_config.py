@@ -80,7 +80,7 @@ def test_unknown_key_names_the_choices():
 def test_every_key_is_read_by_some_step():
     read = {
         (s, k)
-        for step in ("train", "train_posthoc", "estimate_z", "evaluate", "sample", "toy2d")
+        for step in ("train", "train_posthoc", "estimate_z", "evaluate", "sample", "toy2d", "rank")
         for prior in C.PRIORS
         for s, keys in C.step_keys(step, prior).items()
         for k in keys
