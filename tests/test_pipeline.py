@@ -93,8 +93,8 @@ def test_params_files_validate_and_build_every_cell(budget, tmp_path):
     outs = {line.split("\t")[0] for line in r.stdout.splitlines()[1:] if line.strip()}
     cfg = yaml.safe_load((REPO / f"params/{budget}.yaml").read_text())
     lay = Layout(cfg["paths"]["runs"], cfg["paths"]["reports"])
-    cells = {
-        (d, a, run["prior"], run["mode"], s)
+    cells = {  # a prior variant's cells live under <prior>-<variant>/
+        (d, a, run["prior"] + (f"-{run['variant']}" if "variant" in run else ""), run["mode"], s)
         for e in cfg["experiments"]
         for d in e["datasets"]
         for a in e["archs"]
@@ -112,7 +112,8 @@ def test_params_files_validate_and_build_every_cell(budget, tmp_path):
             .get("z_shards", cfg["evaluate"]["z_shards"])
         )
         expect = {lay.z_shard(**c, shard=i, nshards=n) for i in range(n)}
-        assert shards == (expect if c["prior"] in lconfig.LARS_PRIORS else set())
+        lars = c["prior"].split("-")[0] in lconfig.LARS_PRIORS
+        assert shards == (expect if lars else set())
         if c["mode"] == "posthoc":  # post-hoc LARS needs the standard-prior checkpoint of its cell
             assert lay.model(**{**c, "prior": "gaussian", "mode": "standard"}) in outs
     assert {lay.report(f) for f in ("table1.md", "metrics.json", "main.md")} <= outs
