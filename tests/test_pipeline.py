@@ -756,18 +756,28 @@ def test_paper_target_plans_the_whole_grid_in_a_fresh_clone(clone):
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout.split("Job stats:")[1], flags=re.M))
     counts = {k: int(v) for k, v in stats.items()}
     cfg = yaml.safe_load((REPO / "params/paper.yaml").read_text())
-    runs = [
-        (d, a, run["prior"], run["mode"])
-        for e in cfg["experiments"]
-        for d in e["datasets"]
-        for a in e["archs"]
-        for run in e["runs"]
-    ]
-    n_cells = len(set(runs)) * len(cfg["seeds"])
+
+    def cells(appendix: bool) -> int:
+        runs = {
+            (d, a, run["prior"], run.get("variant"), run["mode"])
+            for e in cfg["experiments"]
+            if appendix or not e.get("appendix")
+            for d in e["datasets"]
+            for a in e["archs"]
+            for run in e["runs"]
+        }
+        return len(runs) * len(cfg["seeds"])
+
     n_train = counts["train_standard"] + counts["train_joint"] + counts.get("train_posthoc", 0)
-    assert n_train == n_cells >= 24
-    assert counts["evaluate"] == n_cells and counts["report"] == 1
+    assert n_train == cells(appendix=False) >= 24  # Table 1: 4 datasets x 3 archs x 2 + post-hoc
+    assert counts["evaluate"] == n_train and counts["report"] == 1
     assert counts["estimate_z"] == cfg["evaluate"]["z_shards"] * counts["reduce_z"] > 0
+    # the default target plans Appendix D too: every cell of the paper's programme
+    r = _run(SNAKEMAKE + ["-n", "--cores", "all", "--resources", "gpu=4"], clone, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout.split("Job stats:")[1], flags=re.M))
+    assert int(stats["evaluate"]) == cells(appendix=True) > n_train
+    assert int(stats["appendix_tables"]) == 1 and int(stats["rank"]) >= 2
 
 
 # ---------------------------------------------------------------------------------------------
