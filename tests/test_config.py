@@ -37,7 +37,9 @@ def _probes(cls, f) -> list[tuple[object, bool]]:
         out += [
             (m["lo"], True),
             (m["lo"] - 1, False),
-            (m["lo"] + 10**6, True),
+            (m["hi"], True),  # every size has an upper bound naming the limit
+            (m["hi"] + 1, False),
+            (10**30, False),
             (2.5, False),
             (True, False),
         ]
@@ -52,7 +54,13 @@ def _probes(cls, f) -> list[tuple[object, bool]]:
             (True, False),
         ]
     elif kind == "widths":
-        out += [([m["lo"], m["lo"] + 3], True), ([m["lo"] - 1], False), ([], False), (7, False)]
+        out += [
+            ([m["lo"], m["lo"] + 3], True),
+            ([m["lo"] - 1], False),
+            ([m["hi"] + 1], False),
+            ([], False),
+            (7, False),
+        ]
     elif kind == "bool":
         out += [(True, True), (False, True), (1, False)]
     return out

@@ -180,6 +180,11 @@ def test_committed_schema_is_generated_from_the_config_dataclasses():
             lambda c: c["experiments"][0]["runs"].append({"prior": "gaussian", "mode": "posthoc"}),
             "experiments[0].runs[3]",
         ),
+        # sizes have upper bounds: a value that would hang or exhaust memory is refused
+        (lambda c: c["evaluate"].__setitem__("z_samples", 10**20), "evaluate.z_samples"),
+        (lambda c: c["evaluate"].__setitem__("z_shards", 100000), "evaluate.z_shards"),
+        (lambda c: c.__setitem__("seeds", [10**30]), "seeds[0]"),
+        (lambda c: c["model"].__setitem__("hidden", 300000), "model.hidden"),
     ],
     ids=[
         "negative-lr",
@@ -188,6 +193,10 @@ def test_committed_schema_is_generated_from_the_config_dataclasses():
         "unknown-prior",
         "override-T0",
         "posthoc-gaussian",
+        "huge-z-samples",
+        "huge-z-shards",
+        "huge-seed",
+        "huge-hidden",
     ],
 )
 def test_bad_params_fail_naming_the_key(edit, key, tmp_path):

@@ -38,6 +38,8 @@ LARS_PRIORS = ("lars", "lars_realnvp")
 #: standard: trained from scratch (any prior; LARS = joint training); posthoc: a(z) trained
 #: on a frozen 'gaussian' standard checkpoint of the same cell (Sec. 4.1).
 MODES = ("standard", "posthoc")
+#: largest seed (seeds become path components and 63-bit derive_seed inputs)
+SEED_MAX = 2**31 - 1
 #: the variant name of the model section itself (cells without a named prior variant)
 BASE = "base"
 #: Which ModelConfig groups each prior reads (ModelConfig's ``group`` metadata).
@@ -72,64 +74,92 @@ def _key(
 class ModelConfig:
     """Architecture and prior hyper-parameters (paper Appendix C.2)."""
 
-    latent_dim: int = _key(50, "arch", "latent units d (per layer for L=2)", lo=1)
-    hidden: int = _key(300, "arch", "width of the encoder/decoder MLPs", lo=1)
-    acceptance_hidden: tuple[int, ...] = _key((100, 100), "lars", "a(z) = MLP[d-...-1]", lo=1)
-    truncation: int | None = _key(100, "lars", "T; null = resampling ad infinitum (Eq. A.7)", lo=1)
+    latent_dim: int = _key(50, "arch", "latent units d (per layer for L=2)", lo=1, hi=10_000)
+    hidden: int = _key(300, "arch", "width of the encoder/decoder MLPs", lo=1, hi=100_000)
+    acceptance_hidden: tuple[int, ...] = _key(
+        (100, 100), "lars", "a(z) = MLP[d-...-1]", lo=1, hi=100_000
+    )
+    truncation: int | None = _key(
+        100, "lars", "T; null = resampling ad infinitum (Eq. A.7)", lo=1, hi=1_000_000_000
+    )
     eps: float = _key(
         0.1, "lars", "Algorithm 1 smoothing of the running Z", lo=0.0, hi=1.0, lo_open=True
     )
-    train_z_samples: int = _key(1024, "lars", "S proposal samples per step for Z (Alg. 1)", lo=1)
-    flow_hidden: tuple[int, ...] = _key((100, 100), "flow", "flow conditioner widths", lo=1)
-    realnvp_couplings: int = _key(4, "realnvp", "RealNVP coupling layers", lo=1)
-    maf_blocks: int = _key(5, "maf", "MAF MADE blocks", lo=1)
+    train_z_samples: int = _key(
+        1024, "lars", "S proposal samples per step for Z (Alg. 1)", lo=1, hi=10_000_000
+    )
+    flow_hidden: tuple[int, ...] = _key(
+        (100, 100), "flow", "flow conditioner widths", lo=1, hi=100_000
+    )
+    realnvp_couplings: int = _key(4, "realnvp", "RealNVP coupling layers", lo=1, hi=1000)
+    maf_blocks: int = _key(5, "maf", "MAF MADE blocks", lo=1, hi=1000)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation schedule (paper Appendix C.3)."""
 
-    iterations: int = _key(10_000_000, "train", "Adam steps", lo=1)
-    batch_size: int = _key(128, "train", "images per step", lo=1)
+    iterations: int = _key(10_000_000, "train", "Adam steps", lo=1, hi=1_000_000_000)
+    batch_size: int = _key(128, "train", "images per step", lo=1, hi=1_000_000)
     lr: float = _key(3e-4, "train", "learning rate", lo=0.0, hi=1.0, lo_open=True)
     lr_final: float = _key(
         1e-4, "train", "learning rate after lr_decay_step", lo=0.0, hi=1.0, lo_open=True
     )
-    lr_decay_step: int = _key(1_000_000, "train", "lr -> lr_final after this many steps", lo=0)
-    warmup_steps: int = _key(100_000, "train", "KL weight 0 -> 1 over these steps", lo=0)
-    checkpoint_every: int = _key(1000, "train", "resume checkpoint every N steps", lo=1)
-    log_every: int = _key(100, "train", "training-curve row every N steps", lo=1)
-    early_stopping_patience: int = _key(
-        0, "train", "evaluations without improvement; 0 = off", lo=0
+    lr_decay_step: int = _key(
+        1_000_000, "train", "lr -> lr_final after this many steps", lo=0, hi=1_000_000_000
     )
-    eval_every: int = _key(0, "train", "validation NLL every N steps; 0 = off", lo=0)
-    eval_k: int = _key(100, "train", "importance samples of the validation NLL", lo=1)
+    warmup_steps: int = _key(
+        100_000, "train", "KL weight 0 -> 1 over these steps", lo=0, hi=1_000_000_000
+    )
+    checkpoint_every: int = _key(
+        1000, "train", "resume checkpoint every N steps", lo=1, hi=1_000_000_000
+    )
+    log_every: int = _key(100, "train", "training-curve row every N steps", lo=1, hi=1_000_000_000)
+    early_stopping_patience: int = _key(
+        0, "train", "evaluations without improvement; 0 = off", lo=0, hi=1_000_000
+    )
+    eval_every: int = _key(
+        0, "train", "validation NLL every N steps; 0 = off", lo=0, hi=1_000_000_000
+    )
+    eval_k: int = _key(100, "train", "importance samples of the validation NLL", lo=1, hi=100_000)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """Evaluation: high-precision Z (sharded, group z) and IWAE test NLL (group iwae)."""
 
-    z_samples: int = _key(10_000_000_000, "z", "proposal samples for Z (paper: 1e10)", lo=1)
-    z_shards: int = _key(4, "z", "independent jobs the Z estimate is split into", lo=1)
-    z_batch: int = _key(1_000_000, "z", "a(z) evaluations per batch (speed only)", lo=1)
+    z_samples: int = _key(
+        10_000_000_000, "z", "proposal samples for Z (paper: 1e10)", lo=1, hi=10_000_000_000_000
+    )
+    z_shards: int = _key(4, "z", "independent jobs the Z estimate is split into", lo=1, hi=4096)
+    z_batch: int = _key(
+        1_000_000, "z", "a(z) evaluations per batch (speed only)", lo=1, hi=1_000_000_000
+    )
     z_antithetic: bool = _key(True, "z", "antithetic pairs (z, -z) for symmetric proposals")
-    iwae_k: int = _key(1000, "iwae", "importance samples K per test image", lo=1)
-    iwae_batch: int = _key(100, "iwae", "test images per chunk (speed only)", lo=1)
-    iwae_k_chunk: int = _key(1000, "iwae", "importance samples per chunk (speed only)", lo=1)
-    test_subset: int | None = _key(None, "iwae", "first N test images; null = all", lo=1)
-    elbo_samples: int = _key(10, "iwae", "posterior draws per image for the test ELBO", lo=1)
+    iwae_k: int = _key(1000, "iwae", "importance samples K per test image", lo=1, hi=100_000)
+    iwae_batch: int = _key(100, "iwae", "test images per chunk (speed only)", lo=1, hi=1_000_000)
+    iwae_k_chunk: int = _key(
+        1000, "iwae", "importance samples per chunk (speed only)", lo=1, hi=1_000_000
+    )
+    test_subset: int | None = _key(
+        None, "iwae", "first N test images; null = all", lo=1, hi=10_000_000
+    )
+    elbo_samples: int = _key(
+        10, "iwae", "posterior draws per image for the test ELBO", lo=1, hi=10_000
+    )
 
 
 @dataclass(frozen=True)
 class ReportConfig:
     """Figures that read only trained models (no training or evaluation key)."""
 
-    samples: int = _key(64, "report", "images in each model's sample grid", lo=1)
-    toy2d_steps: int = _key(2000, "report", "Adam steps per target of the 2-D figure", lo=1)
-    toy2d_seed: int = _key(0, "report", "seed of the 2-D figure", lo=0)
+    samples: int = _key(64, "report", "images in each model's sample grid", lo=1, hi=10_000)
+    toy2d_steps: int = _key(
+        2000, "report", "Adam steps per target of the 2-D figure", lo=1, hi=10_000_000
+    )
+    toy2d_seed: int = _key(0, "report", "seed of the 2-D figure", lo=0, hi=SEED_MAX)
     rank_samples: int = _key(
-        10_000, "report", "proposal samples ranked by a(z) (Figs. D.5-D.8)", lo=1
+        10_000, "report", "proposal samples ranked by a(z) (Figs. D.5-D.8)", lo=1, hi=10_000_000
     )
 
 
@@ -162,8 +192,10 @@ def _kind(tp: Any) -> tuple[str, bool]:
     return tp.__name__, nullable
 
 
-def _range_text(meta: Mapping[str, Any]) -> str:
+def _range_text(meta: Mapping[str, Any], kind: str = "float") -> str:
     lo, hi = meta["lo"], meta["hi"]
+    if kind == "int":  # upper bounds: a size that would hang or exhaust memory is an error
+        return f">= {lo}" + (f" and <= {hi:,}" if hi is not None else "")
     if hi is None:
         return f">= {lo}" if not meta["lo_open"] else f"> {lo}"
     return f"in {'(' if meta['lo_open'] else '['}{lo}, {hi}]"
@@ -187,8 +219,14 @@ def _parse_value(key: str, v: Any, kind: str, nullable: bool, meta: Mapping[str,
     if kind == "int":
         if isinstance(v, float) and v.is_integer():
             v = int(v)  # YAML writes 1.0e7 as a float
-        if isinstance(v, bool) or not isinstance(v, int) or v < meta["lo"]:
-            raise ConfigError(f"{key}: expected an integer {_range_text(meta)}, got {v!r}")
+        hi = meta["hi"]
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, int)
+            or v < meta["lo"]
+            or (hi is not None and v > hi)
+        ):
+            raise ConfigError(f"{key}: expected an integer {_range_text(meta, 'int')}, got {v!r}")
         return v
     assert kind == "float", kind
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -293,7 +331,7 @@ def _field_schema(tp: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
         s: dict[str, Any] = {
             "type": "array",
             "minItems": 1,
-            "items": {"type": "integer", "minimum": meta["lo"]},
+            "items": {"type": "integer", "minimum": meta["lo"], "maximum": meta["hi"]},
         }
     elif kind in ("int", "float"):
         s = {"type": "integer" if kind == "int" else "number"}
@@ -379,7 +417,7 @@ def params_schema() -> dict[str, Any]:
                 "type": "array",
                 "minItems": 1,
                 "uniqueItems": True,
-                "items": {"type": "integer", "minimum": 0},
+                "items": {"type": "integer", "minimum": 0, "maximum": SEED_MAX},
             },
             **sections,
             "variants": {
