@@ -266,3 +266,18 @@ def test_cuda_sampler_ks():
     assert stats.kstest(t, cdf).pvalue > 1e-3
     c = counts.double()
     assert abs(float(c.mean()) - prior.expected_num_proposals()) < 4 * float(c.std()) / 223.0
+
+
+def test_sampler_with_underflowing_z_and_no_truncation_does_not_overflow():
+    """T = inf and a stored Z far below float64's reciprocal range: the block-size guess
+    1/Z is inf; the sampler must still draw (here a(z) is not tiny everywhere, so it ends)."""
+    import math as _math
+
+    from larsvae.distributions import AcceptanceMLP, ResampledPrior, StandardNormal
+
+    torch.manual_seed(0)
+    prior = ResampledPrior(StandardNormal(2), AcceptanceMLP(2, (4,)), truncation=None)
+    prior.set_log_z(-800.0)  # exp(-800) = 0 in float64
+    assert not _math.isfinite(prior.expected_num_proposals())
+    z = prior.sample(16, generator=torch.Generator().manual_seed(1))
+    assert z.shape == (16, 2) and torch.isfinite(z).all()

@@ -380,6 +380,8 @@ class ResampledPrior(Prior):
         drawn = rows_drawn = 0
         # E[proposals per row] (Eq. A.3), then the rate seen in this call's own stream
         per_row = self.expected_num_proposals() if bool(self.log_z_initialised) else 2.0
+        if not math.isfinite(per_row):  # T = inf with an underflowing Z: 1/Z overflows
+            per_row = float(max_block)
         while filled < n:
             if rows_drawn:
                 per_row = drawn / rows_drawn
