@@ -434,15 +434,20 @@ def reduce_z(shards: Sequence[PathLike], out: PathLike) -> dict[str, Any]:
     return result
 
 
-def read_z(path: PathLike, checkpoint: PathLike) -> Any:
-    """The ZEstimate of a ``z.json`` written by :func:`reduce_z` for ``checkpoint``."""
+def _z_file(path: PathLike) -> tuple[dict[str, Any], Any]:
+    """(the JSON object, its ZEstimate) of a Z file, or one line naming the file."""
     from .zestimate import ZEstimate
 
     obj = _read_json(path, "--z")
     try:
-        est = ZEstimate.from_dict(obj["estimate"])
+        return obj, ZEstimate.from_dict(obj["estimate"])
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"--z {path}: not a Z file written by reduce-z ({exc!r})") from None
+
+
+def read_z(path: PathLike, checkpoint: PathLike) -> Any:
+    """The ZEstimate of a ``z.json`` written by :func:`reduce_z` for ``checkpoint``."""
+    obj, est = _z_file(path)
     if "shard" in obj:
         raise UserError(
             f"--z {path}: one Z shard ({obj['shard']} of {obj.get('num_shards')}), not the "
@@ -613,14 +618,8 @@ def z_convergence(z_files: dict[str, PathLike], out: PathLike) -> None:
     """Figure A.2: Z_S against S for each labelled z.json, from its per-batch sums (no new
     sampling: batch b's draws depend only on (seed, b), so the curve is the sequential one)."""
     from .reports.zconvergence import plot_z_convergence
-    from .zestimate import ZEstimate
 
-    curves = {}
-    for label, path in z_files.items():
-        try:
-            curves[label] = ZEstimate.from_dict(_read_json(path, "--z")["estimate"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"--z {path}: not a Z file written by reduce-z ({exc!r})") from None
+    curves = {label: _z_file(path)[1] for label, path in z_files.items()}
     plot_z_convergence(curves, out)
 
 
