@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import SMALL_MODEL, run_cli
+from conftest import run_cli, train_args
 
 from larsvae import cli
 from larsvae.zestimate import ZEstimate
@@ -75,29 +75,8 @@ def test_estimate_reduce_evaluate_sample(tmp_path, tiny_dataset_npz):
     """Happy path, in-process: sharded Z merges exactly into the unsharded estimate, and
     evaluate reports the NLL with Z, its SE and the acceptance statistics."""
     ckpt = tmp_path / "m" / "model.pt"
-    assert (
-        cli.main(
-            [
-                "train",
-                "--dataset-file",
-                str(tiny_dataset_npz),
-                "--arch",
-                "vae",
-                "--prior",
-                "lars",
-                "--seed",
-                "0",
-                "--model-params",
-                json.dumps(SMALL_MODEL),
-                "--train-params",
-                '{"iterations": 5, "batch_size": 16}',
-                "--out",
-                str(ckpt),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    train = {"iterations": 5, "batch_size": 16}
+    assert cli.main(train_args(tiny_dataset_npz, ckpt, train=train)) == 0
     ep = json.dumps(
         {"z_samples": 4000, "z_batch": 500, "iwae_k": 20, "iwae_k_chunk": 10, "test_subset": 16}
     )
@@ -237,29 +216,8 @@ def test_estimate_z_odd_sizes_with_antithetic_pairs_is_a_user_error(
     """Antithetic pairs need even z_batch and z_samples: one line naming the keys, exit 2,
     no shard file (this used to be a ValueError traceback from estimate_z)."""
     ckpt = tmp_path / "m" / "model.pt"
-    assert (
-        cli.main(
-            [
-                "train",
-                "--dataset-file",
-                str(tiny_dataset_npz),
-                "--arch",
-                "vae",
-                "--prior",
-                "lars",
-                "--seed",
-                "0",
-                "--model-params",
-                json.dumps(SMALL_MODEL),
-                "--train-params",
-                '{"iterations": 2, "batch_size": 16}',
-                "--out",
-                str(ckpt),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    train = {"iterations": 2, "batch_size": 16}
+    assert cli.main(train_args(tiny_dataset_npz, ckpt, train=train)) == 0
     capsys.readouterr()
     out = tmp_path / "shard0of1.json"
     for ep in ({"z_samples": 4000, "z_batch": 501}, {"z_samples": 4001, "z_batch": 500}):

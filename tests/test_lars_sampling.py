@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from _helpers import strong_acceptance
+from _helpers import rank_one_acceptance, strong_acceptance
 from scipy import stats
 
 from larsvae.distributions import AcceptanceMLP, ResampledPrior, StandardNormal
@@ -185,18 +185,7 @@ def test_fused_logits_only_for_a_plain_acceptance_mlp():
 def rank_one_prior(dim: int, hidden, truncation, target_z: float, seed: int = 0):
     """A float32 LARS prior whose acceptance depends on z through t = v.z only (|v| = 1):
     then t's LARS density is 1-D (Eq. A.14 with pi = N(0, 1)) and Z is a quadrature."""
-    g = torch.Generator().manual_seed(seed)
-    acc = AcceptanceMLP(dim, hidden)
-    v = torch.randn(dim, generator=g)
-    v /= v.norm()
-    with torch.no_grad():
-        for m in acc.net:
-            if isinstance(m, torch.nn.Linear):
-                bound = math.sqrt(6.0 / (m.in_features + m.out_features))
-                m.weight.uniform_(-bound, bound, generator=g)
-        first = acc.net[0]
-        first.weight.copy_(torch.outer(2.0 * torch.randn(first.out_features, generator=g), v))
-        first.bias.copy_(torch.randn(first.out_features, generator=g))
+    acc, v = rank_one_acceptance(dim, hidden, seed, uniform_biases=False)
     t = torch.arange(-10.0, 10.0 + 5e-4, 1e-3, dtype=torch.float64)
     phi = torch.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)
 

@@ -4,36 +4,17 @@ the same streams as a shorter sequential run, and consistency with a closed-form
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import numpy as np
 import pytest
-import torch
+from _helpers import GaussianAcceptance
 
 from larsvae.distributions import StandardNormal
 from larsvae.reports.zconvergence import convergence, plot_z_convergence
 from larsvae.zestimate import ZEstimate, estimate_z
 
 D = 3
-
-
-class GaussianAcceptance(torch.nn.Module):
-    """a(z) = c exp(-|z|^2 / (2 s^2)), as a logit; closed-form moments under N(0, I_d)."""
-
-    def __init__(self, c: float, s: float):
-        super().__init__()
-        self.log_c, self.s = math.log(c), s
-
-    def forward(self, z):
-        log_a = self.log_c - z.pow(2).sum(-1) / (2 * self.s**2)
-        return log_a - torch.log1p(-torch.exp(log_a))
-
-    def closed_form(self, d: int) -> tuple[float, float]:
-        """Z = E[a] and Var[a] under N(0, I_d)."""
-        c, s2 = math.exp(self.log_c), self.s**2
-        z = c * (s2 / (1 + s2)) ** (d / 2)
-        return z, c * c * (s2 / (2 + s2)) ** (d / 2) - z * z
 
 
 ACC = GaussianAcceptance(0.8, 1.2)

@@ -9,27 +9,10 @@ import random
 
 import pytest
 import torch
+from _helpers import GaussianAcceptance, rank_one_acceptance
 
 from larsvae.distributions import AcceptanceMLP, ResampledPrior, StandardNormal
 from larsvae.zestimate import ZEstimate, estimate_prior_z, estimate_z
-
-
-class GaussianAcceptance(torch.nn.Module):
-    """a(z) = c exp(-|z|^2 / (2 s^2)); returns the logit log a - log(1 - a)."""
-
-    def __init__(self, c: float, s: float):
-        super().__init__()
-        self.log_c, self.s = math.log(c), s
-
-    def forward(self, z):
-        log_a = self.log_c - z.pow(2).sum(-1) / (2 * self.s**2)
-        return log_a - torch.log1p(-torch.exp(log_a))
-
-    def closed_form(self, d: int) -> tuple[float, float]:
-        """Z and Var[a(z)] under N(0, I_d)."""
-        c, s2 = math.exp(self.log_c), self.s**2
-        z = c * (s2 / (1 + s2)) ** (d / 2)
-        return z, c * c * (s2 / (2 + s2)) ** (d / 2) - z * z
 
 
 class LogisticAcceptance(torch.nn.Module):
@@ -215,18 +198,7 @@ def test_estimate_prior_z_and_install():
 def rank_one_mlp(dim: int, seed: int = 0) -> tuple[AcceptanceMLP, torch.Tensor]:
     """A float32 AcceptanceMLP[dim-100-100-1] that depends on z through t = v.z only (|v| = 1),
     so that E[f(a(z))] under N(0, I) is a 1-D quadrature over t ~ N(0, 1)."""
-    g = torch.Generator().manual_seed(seed)
-    acc = AcceptanceMLP(dim)
-    v = torch.randn(dim, generator=g)
-    v /= v.norm()
-    with torch.no_grad():
-        for m in acc.net:
-            if isinstance(m, torch.nn.Linear):
-                bound = math.sqrt(6.0 / (m.in_features + m.out_features))
-                m.weight.uniform_(-bound, bound, generator=g)
-                m.bias.uniform_(-1.0, 1.0, generator=g)
-        acc.net[0].weight.copy_(torch.outer(2.0 * torch.randn(100, generator=g), v))
-    return acc, v
+    return rank_one_acceptance(dim, (100, 100), seed, uniform_biases=True)
 
 
 def quadrature(acc: AcceptanceMLP, v: torch.Tensor) -> tuple[float, float, float]:

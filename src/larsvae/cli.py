@@ -30,7 +30,17 @@ import json
 import sys
 from typing import Any, NoReturn
 
-from .config import ARCHS, DATASETS, PRIORS, ConfigError, check_choice, parse
+from .config import (
+    ARCHS,
+    DATASETS,
+    PRIORS,
+    ConfigError,
+    EvalConfig,
+    ModelConfig,
+    TrainConfig,
+    check_choice,
+    parse,
+)
 from .utils import TrainingDiverged, UserError
 
 PROG = "larsvae"
@@ -44,16 +54,14 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _params(text: str, flag: str, cls_name: str, section: str) -> Any:
-    from . import config
-
+def _params(text: str, flag: str, cls: type, section: str) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{flag}: invalid JSON ({exc.msg} at character {exc.pos})") from None
     if value is not None and not isinstance(value, dict):
         raise UserError(f"{flag}: expected a JSON object, got {type(value).__name__}")
-    return parse(getattr(config, cls_name), value, section)
+    return parse(cls, value, section)
 
 
 def _device(args: argparse.Namespace) -> Any:
@@ -91,8 +99,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     from . import steps
 
     section = "posthoc" if a.init else "train"
-    mcfg = _params(a.model_params, "--model-params", "ModelConfig", "model")
-    tcfg = _params(a.train_params, "--train-params", "TrainConfig", section)
+    mcfg = _params(a.model_params, "--model-params", ModelConfig, "model")
+    tcfg = _params(a.train_params, "--train-params", TrainConfig, section)
     summary = steps.train(
         a.dataset_file,
         check_choice("--arch", a.arch, ARCHS),
@@ -113,7 +121,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_estimate_z(a: argparse.Namespace) -> None:
     from . import steps
 
-    ecfg = _params(a.eval_params, "--eval-params", "EvalConfig", "evaluate")
+    ecfg = _params(a.eval_params, "--eval-params", EvalConfig, "evaluate")
     steps.estimate_z(
         a.checkpoint,
         ecfg,
@@ -135,7 +143,7 @@ def cmd_reduce_z(a: argparse.Namespace) -> None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from . import steps
 
-    ecfg = _params(a.eval_params, "--eval-params", "EvalConfig", "evaluate")
+    ecfg = _params(a.eval_params, "--eval-params", EvalConfig, "evaluate")
     steps.evaluate(
         a.checkpoint,
         a.dataset_file,
