@@ -260,10 +260,14 @@ class ResampledOutputsVAE(VAE):
         return (log_w, z_top) if return_top_latent else log_w
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, max_block: int | None = None
+    ) -> Tensor:
         """n exact samples x ~ p_T(x) (truncated rejection sampling over decoded binary
-        samples), (n, 784) in {0, 1}; unlike VAE.sample, binary images, not Bernoulli means."""
-        return self.resampler.sample(n, generator=generator)
+        samples, ``ResampledPrior.sample``), (n, 784) in {0, 1}; unlike VAE.sample, binary
+        images, not Bernoulli means. ``max_block`` caps the proposals decoded at once (each
+        holds 784 numbers; the default 2^16 on a CPU is ~200 MB in float32)."""
+        return self.resampler.sample(n, generator=generator, max_block=max_block)
 
     def make_posthoc(self, cfg: ModelConfig | None = None) -> None:
         raise ValueError("post-hoc LARS resamples the latent; this model resamples its outputs")
