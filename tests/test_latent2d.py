@@ -240,7 +240,7 @@ def z_file(cells):
 @pytest.fixture(scope="module")
 def report(cells, z_file):
     root, data, labels, ckpts = cells
-    kw = dict(z_files={"joint (large a)": z_file}, grid=64, extent=4.0, seed=5)
+    kw = dict(z_files={"joint (large a)": z_file}, grid=64, extent=4.0, seed=5, budget="smoke")
     a = latent2d_report(ckpts, data, labels, root / "a", **kw)
     b = latent2d_report(ckpts, data, labels, root / "b", **kw)
     return a, b, root
@@ -263,6 +263,7 @@ def test_report_writes_every_file_deterministically(report):
         assert f"| {label} |" in table
     assert "0.40" in table and "0.15" in table and "0.20" in table  # the paper's column
     assert "ordering" in table and a["comparison"]["total"] == 6
+    assert "Budget: smoke" in table and a["dataset_sha256"][:16] in table
 
 
 def test_report_numbers_are_consistent(report):

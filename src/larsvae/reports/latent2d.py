@@ -306,6 +306,7 @@ def latent2d_report(
     extent: float = 4.0,
     seed: int = 0,
     scatter_points: int = 5000,
+    budget: str = "",
 ) -> dict[str, Any]:
     """Figures D.10-D.14 and ``table_latent2d.md`` for labelled 2-D latent VAE checkpoints.
 
@@ -315,7 +316,8 @@ def latent2d_report(
     Writes into ``out_dir`` (atomically): ``fig_latent2d_densities.png`` (one row per model:
     q, pi, a, p; Figs. D.10-D.13), ``fig_latent2d_aggregate.png`` (the aggregate posteriors on
     one colour scale; Fig. D.14), ``fig_latent2d_scatter.png`` (encoded test means by class),
-    ``table_latent2d.md`` and ``latent2d.json`` (the numbers). Deterministic given ``seed``.
+    ``table_latent2d.md`` and ``latent2d.json`` (the numbers). ``budget`` (e.g. "paper",
+    "quick") is named in the table's header. Deterministic given ``seed``.
     Returns the numbers of ``latent2d.json``.
     """
     if not models:
@@ -410,6 +412,7 @@ def latent2d_report(
         "train_binarised": bool(data["train"].size and int(data["train"].max()) > 1),
         "grid": {"cells": grid, "extent": float(extent), "h": g.h},
         "seed": seed,
+        "budget": budget,
         "scatter_points": int(len(subset)),
         "models": rows,
         "comparison": comparison,
@@ -470,7 +473,8 @@ def render_table(result: Mapping[str, Any]) -> str:
         f"labels sha256 `{result['labels_sha256'][:16]}`; q(z) over N = {result['n_train']:,} "
         f"training images, {binar}. Grid: {gr['cells']} x {gr['cells']} cells on "
         f"[-{gr['extent']:g}, {gr['extent']:g}]^2 (h = {gr['h']:.4g}). "
-        f"Budget: training steps per model in the table.",
+        + (f"Budget: {result['budget']}; " if result.get("budget") else "Budget: ")
+        + "training steps per model in the table.",
         "",
         "KL(q || p) by quadrature: exact cell masses of q, log p (Eq. A.14, the library's "
         "`log_prob`) at cell centres, with Z by quadrature on the grid (Z quad) and, where "
