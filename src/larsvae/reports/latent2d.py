@@ -380,6 +380,8 @@ def latent2d_report(
             "q_mean": mean.mean(0).tolist(),
             # exact moments of the mixture: E[z^2] = mean_n (mu_n^2 + sigma_n^2)
             "q_std": (((mean**2 + std**2).mean(0) - mean.mean(0) ** 2).sqrt()).tolist(),
+            # posteriors much narrower than a cell (h) would make the entropy term coarse
+            "posterior_std_median": float(std.median()),
             "z_quad": math.exp(log_z_quad) if lars else None,
             "z_running": math.exp(running) if running is not None else None,
             "z_mc": None,
