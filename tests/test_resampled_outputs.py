@@ -212,7 +212,7 @@ def test_training_loss_and_gradients_equal_the_hand_computation():
     assert math.exp(float(m.resampler.log_z)) != pytest.approx(0.3)  # <Z> moved ...
     m.resampler.set_log_z(math.log(0.3))  # ... put it back for the hand computation
     loss, rec, kl, log_term, z_smooth = by_hand(m, x, 0.7, 5, 0.3)
-    assert float(out["loss"].detach()) == pytest.approx(float(loss), rel=1e-12)
+    assert float(out["loss"].detach()) == pytest.approx(float(loss.detach()), rel=1e-12)
     for key, want in (("rec", rec), ("kl", kl), ("log_term", log_term)):
         assert torch.allclose(out[key], want, rtol=1e-10, atol=1e-10), key
     assert torch.allclose(out["elbo"], -(rec + kl), rtol=1e-12)

@@ -65,8 +65,10 @@ from larsvae.utils import derive_seed, module_device
 
 #: the ``arch`` name of this model in checkpoints and cell paths
 ARCH = "vae_rx"
-#: decoded samples per decoder call (bounds the (rows, 784) logits and uniforms in memory)
+#: decoded samples per decoder call (bounds the (rows, 784) logits and uniforms in memory):
+#: CPU, then other devices (which want large calls; 2^16 rows of float64 are 400 MB)
 CHUNK_ROWS = 4096
+CHUNK_ROWS_DEVICE = 1 << 16
 
 
 class DecodedProposal(nn.Module):
@@ -103,10 +105,11 @@ class DecodedProposal(nn.Module):
         a = self._anchor
         z = torch.randn(n, self.latent_dim, generator=generator, device=a.device, dtype=a.dtype)
         x = torch.empty(n, self.dim, device=a.device, dtype=a.dtype)
-        for lo in range(0, n, CHUNK_ROWS):
-            probs = torch.sigmoid(self._decode_logits(z[lo : lo + CHUNK_ROWS]).double())
+        c = CHUNK_ROWS if a.device.type == "cpu" else CHUNK_ROWS_DEVICE
+        for lo in range(0, n, c):
+            probs = torch.sigmoid(self._decode_logits(z[lo : lo + c]).double())
             u = torch.rand(probs.shape, generator=generator, device=a.device, dtype=torch.float64)
-            x[lo : lo + CHUNK_ROWS] = u < probs
+            x[lo : lo + c] = u < probs
         return z, x
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
