@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import LARS_PRIORS, model_config
+from .config import ARCHS, LARS_PRIORS, PRIORS, SEED_MAX, ConfigError, model_config
 from .utils import UserError, atomic_torch_save
 
 FORMAT = "larsvae-checkpoint"
@@ -75,7 +75,36 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     for key in ("meta", "model", "step"):
         if key not in ckpt:
             raise CheckpointError(f"checkpoint {path}: missing entry {key!r}")
+    check_meta(ckpt["meta"], path)
     return ckpt
+
+
+def check_meta(meta: Any, path: str | os.PathLike) -> None:
+    """A checkpoint's ``meta`` is validated like a params file before anything trusts it:
+    arch, prior and mode are known names, the seed an integer in [0, 2^31 - 1], and
+    ``model_config`` passes :func:`larsvae.config.model_config` (types and upper bounds), so
+    that a small file whose meta says ``hidden: 300000`` is refused before a model is built."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path}: meta is not a dict")
+    for key, choices in (("arch", ARCHS), ("prior", PRIORS)):
+        if meta.get(key) not in choices:
+            raise CheckpointError(
+                f"checkpoint {path}: meta {key} = {meta.get(key)!r} is not one of "
+                f"{', '.join(choices)}"
+            )
+    if meta.get("mode", "standard") not in ("standard", "posthoc"):
+        raise CheckpointError(
+            f"checkpoint {path}: meta mode = {meta.get('mode')!r} is not standard or posthoc"
+        )
+    seed = meta.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise CheckpointError(
+            f"checkpoint {path}: meta seed = {seed!r} is not an integer in [0, {SEED_MAX}]"
+        )
+    try:
+        model_config(meta.get("model_config"), "model_config")
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path}: meta {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -153,6 +182,41 @@ def load_model(
     The model is in eval mode on ``device``; ``ckpt["meta"]`` says what it is.
     """
     ckpt = load_checkpoint(path)
+    return model_from_checkpoint(ckpt, path, device), ckpt
+
+
+def check_size(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """The model the meta describes (built on the ``meta`` device: nothing is allocated)
+    holds exactly as many numbers as the weights in the file."""
+    from . import memory
+
+    weights = ckpt["model"]
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"checkpoint {path}: its 'model' entry is not a state dict")
+    have = sum(t.numel() for t in weights.values() if isinstance(t, torch.Tensor))
+    try:
+        shape, _, _ = memory.shape_of_meta(ckpt["meta"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path}: its meta does not describe a model: {_one_line(exc)}"
+        ) from None
+    if have != shape.params:
+        raise CheckpointError(
+            f"checkpoint {path}: its meta describes a model of {shape.params:,} numbers but "
+            f"the file holds {have:,}: meta and weights do not match"
+        )
+
+
+def model_from_checkpoint(
+    ckpt: dict[str, Any], path: str | os.PathLike, device: Any = "cpu"
+) -> torch.nn.Module:
+    """The model of a loaded checkpoint. Before any weight is allocated, the size its meta
+    describes (counted on the ``meta`` device) must equal the size of the weights in the
+    file, and must fit in memory: a forged meta costs nothing."""
+    from . import memory
+
+    check_size(ckpt, path)
+    memory.require(memory.load_job(ckpt["meta"]), device, f"checkpoint {path}")
     try:
         model = build_from_meta(ckpt["meta"])
         model.load_state_dict(ckpt["model"])
@@ -162,7 +226,7 @@ def load_model(
         ) from None
     model.to(device)
     model.eval()
-    return model, ckpt
+    return model
 
 
 def is_lars(meta: dict[str, Any]) -> bool:

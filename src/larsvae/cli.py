@@ -21,6 +21,9 @@ status 2 (a diverged training run: status 1), never a traceback.
     larsvae rank         --checkpoint CKPT --out-dir DIR [--n 10000] [--seed S]
                          [--threshold A] [--accepted-only] [--figures-dir DIR]   (Figs. D.5-D.8)
     larsvae z-convergence --z LABEL=z.json ... --out fig.png    (Figure A.2)
+    larsvae prepare-labels --dataset D --dataset-file F.npz --out F.labels.npz
+    larsvae latent2d     --model LABEL=CKPT ... [--z LABEL=z.json ...] --dataset-file F.npz
+                         --labels-file L.npz --out-dir DIR [--grid 200]   (Figs. D.10-D.14)
 """
 
 from __future__ import annotations
@@ -189,16 +192,43 @@ def cmd_appendix(a: argparse.Namespace) -> None:
     steps.appendix(_spec(a.spec), a.out_dir, a.root)
 
 
+def _labelled(items: list[str] | None, flag: str) -> dict[str, str]:
+    """LABEL=PATH arguments -> {label: path}."""
+    out = {}
+    for item in items or []:
+        label, sep, path = item.partition("=")
+        if not sep or not label:
+            raise UserError(f"{flag} {item!r}: expected LABEL=PATH")
+        out[label] = path
+    return out
+
+
 def cmd_z_convergence(a: argparse.Namespace) -> None:
     from . import steps
 
-    curves = {}
-    for item in a.z:
-        label, sep, path = item.partition("=")
-        if not sep or not label:
-            raise UserError(f"--z {item!r}: expected LABEL=PATH")
-        curves[label] = path
-    steps.z_convergence(curves, a.out)
+    steps.z_convergence(_labelled(a.z, "--z"), a.out)
+
+
+def cmd_prepare_labels(a: argparse.Namespace) -> None:
+    from . import steps
+
+    steps.prepare_labels(a.dataset, a.dataset_file, a.out)
+
+
+def cmd_latent2d(a: argparse.Namespace) -> None:
+    from . import steps
+
+    models, z_files = _labelled(a.model, "--model"), _labelled(a.z, "--z")
+    steps.latent2d(
+        models,
+        z_files,
+        a.dataset_file,
+        a.labels_file,
+        a.out_dir,
+        grid=a.grid,
+        seed=a.seed,
+        budget=a.budget,
+    )
 
 
 def cmd_rank(a: argparse.Namespace) -> None:
@@ -339,6 +369,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="a reduced z.json and its label (repeatable)",
     )
     zc.add_argument("--out", required=True)
+
+    lb = command("prepare-labels", cmd_prepare_labels, "class labels beside a prepared npz", False)
+    lb.add_argument("--dataset", required=True, choices=DATASETS)
+    lb.add_argument("--dataset-file", required=True, help="the prepared npz the labels align to")
+    lb.add_argument("--out", required=True, help="<dataset>.labels.npz")
+
+    l2 = command("latent2d", cmd_latent2d, "Figures D.10-D.14: VAEs with a 2-D latent space")
+    l2.add_argument("--model", action="append", required=True, metavar="LABEL=CKPT")
+    l2.add_argument("--z", action="append", metavar="LABEL=z.json", help="LARS models' Z")
+    l2.add_argument("--dataset-file", required=True)
+    l2.add_argument("--labels-file", required=True)
+    l2.add_argument("--out-dir", required=True)
+    l2.add_argument("--grid", type=int, default=200, help="grid points per axis")
+    l2.add_argument("--seed", type=int, default=0)
+    l2.add_argument("--budget", default="", help="the budget named in the table's header")
     return p
 
 
@@ -366,6 +411,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except _user_errors() as exc:
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        from .utils import DISK_FULL_ERRNOS
+
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"{PROG}: error: {where}no space left on device ({exc.strerror}); free some "
+            "space and rerun the same command",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

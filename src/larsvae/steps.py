@@ -215,14 +215,22 @@ def train(
 
     Randomness: the initialisation uses ``derive_seed(seed, INIT_TAG)``, training step t
     ``derive_seed(seed, t)`` (larsvae.train), so a cell is a pure function of its inputs."""
+    from . import memory
     from .data import load_manifest
     from .data.loaders import eval_tensor, train_stream
     from .models import build_model
     from .train import fit
+    from .utils import DiskFull
 
     if init is not None and prior != "lars":
         raise UserError(f"--prior {prior!r}: post-hoc training learns a 'lars' prior")
     data_path = existing_file(dataset_file, "--dataset-file")
+    manifest = load_manifest(data_path)
+    images = sum(int(manifest["splits"][s].get("n") or 0) for s in ("train", "valid", "test"))
+    est = memory.train_job(
+        arch, prior, mcfg, tcfg, posthoc=init is not None, data_numbers=images * 784, device=device
+    )
+    memory.require(est, device)
     data = load_dataset(data_path)
     torch.manual_seed(derive_seed(seed, INIT_TAG))
     if init is not None:
@@ -244,34 +252,64 @@ def train(
         meta["base_prior"] = "gaussian"
         meta["init_sha256"] = file_sha256(init)
     valid = eval_tensor(data, "valid", device) if tcfg.eval_every > 0 and "valid" in data else None
-    stream = train_stream(data, load_manifest(data_path), tcfg.batch_size, seed, device)
-    return fit(
-        model,
-        stream,
-        tcfg,
-        out,
-        seed=seed,
-        meta=meta,
-        valid=valid,
-        progress=progress,
-        log_path=log_path,
-    )
+    stream = train_stream(data, manifest, tcfg.batch_size, seed, device)
+    try:
+        return fit(
+            model,
+            stream,
+            tcfg,
+            out,
+            seed=seed,
+            meta=meta,
+            valid=valid,
+            progress=progress,
+            log_path=log_path,
+        )
+    except DiskFull as exc:
+        raise UserError(f"{exc}{_kept_resume(out)}") from None
+
+
+def _kept_resume(out: PathLike) -> str:
+    """What survived a failed training run: '; the last resume checkpoint ... is kept'."""
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .train import resume_path_for
+
+    resume = resume_path_for(out)
+    try:
+        step = int(load_checkpoint(resume)["step"])
+    except CheckpointError:
+        return "; no resume checkpoint was written yet"
+    return f"; the last resume checkpoint {resume} (step {step}) is kept and the rerun resumes"
 
 
 # ---------------------------------------------------------------------------------------
 # Z
 
 
-def load_checked(checkpoint: PathLike, device: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_checked(
+    checkpoint: PathLike, device: Any, job: Any = None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """``load_model``, refusing a checkpoint whose meta names another cell than the path it
-    sits in (``.../{dataset}/{arch}/{prior}/{mode}/seed{seed}/model.pt``, larsvae.paths)."""
-    from .checkpoint import load_model
+    sits in (``.../{dataset}/{arch}/{prior}/{mode}/seed{seed}/model.pt``, larsvae.paths).
+    ``job(meta)`` -> :class:`larsvae.memory.Estimate` is the step's memory estimate, checked
+    before the model is built (:func:`larsvae.memory.require`)."""
+    from . import memory
+    from .checkpoint import check_size, load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(existing_file(checkpoint, "--checkpoint"))
+    _check_cell(checkpoint, ckpt["meta"])
+    check_size(ckpt, checkpoint)
+    est = job(ckpt["meta"]) if job is not None else None
+    if est is not None:
+        memory.require(est, device, f"{est.step} --checkpoint {checkpoint}")
+    return model_from_checkpoint(ckpt, checkpoint, device), ckpt
+
+
+def _check_cell(checkpoint: PathLike, meta: dict[str, Any]) -> None:
     from .paths import cell_of_path
 
-    model, ckpt = load_model(existing_file(checkpoint, "--checkpoint"), device)
     where = cell_of_path(checkpoint)
     if where is not None:
-        meta = ckpt["meta"]
         tag = (
             meta.get("prior")
             if meta.get("variant", "base") == "base"
@@ -290,19 +328,22 @@ def load_checked(checkpoint: PathLike, device: Any) -> tuple[torch.nn.Module, di
                     f"--checkpoint {checkpoint}: its meta says {key} = {have[key]!r} but it sits "
                     f"in the folder of {key} = {value!r}: a checkpoint of another cell"
                 )
-    return model, ckpt
 
 
-def _lars_model(checkpoint: PathLike, device: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+def _lars_model(
+    checkpoint: PathLike, device: Any, job: Any = None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     from .checkpoint import is_lars
 
-    model, ckpt = load_checked(checkpoint, device)
-    if not is_lars(ckpt["meta"]):
-        raise UserError(
-            f"--checkpoint {checkpoint}: prior {ckpt['meta'].get('prior')!r} has no normalising "
-            f"constant Z to estimate (only {', '.join(LARS_PRIORS)} do)"
-        )
-    return model, ckpt
+    def lars_job(meta: dict[str, Any]) -> Any:
+        if not is_lars(meta):
+            raise UserError(
+                f"--checkpoint {checkpoint}: prior {meta.get('prior')!r} has no normalising "
+                f"constant Z to estimate (only {', '.join(LARS_PRIORS)} do)"
+            )
+        return job(meta) if job is not None else None
+
+    return load_checked(checkpoint, device, lars_job)
 
 
 def estimate_z(
@@ -320,13 +361,14 @@ def estimate_z(
 
     ``seed`` defaults to the checkpoint's; batch b's draws depend only on (seed, b), so the
     shards merge into exactly the unsharded estimate (larsvae.zestimate)."""
+    from . import memory
     from .zestimate import estimate_z as _estimate
 
     if num_shards < 1:
         raise UserError(f"--num-shards: expected an integer >= 1, got {num_shards}")
     if not 0 <= shard < num_shards:
         raise UserError(f"--shard: expected an integer in [0, {num_shards - 1}], got {shard}")
-    model, ckpt = _lars_model(checkpoint, device)
+    model, ckpt = _lars_model(checkpoint, device, lambda meta: memory.z_job(meta, ecfg, device))
     prior = model.top_prior
     if (
         ecfg.z_antithetic
@@ -372,10 +414,26 @@ def estimate_z(
 _SHARD_KEYS = ("checkpoint_sha256", "num_shards", "seed", "z_samples", "antithetic")
 
 
+def _check_batches(estimate: Any, what: str) -> None:
+    """Every batch record of a Z file holds >= 1 unit and at least as many samples: a
+    record with 0 units would divide by zero in the variance, and is never written."""
+    batches = estimate.get("batches") if isinstance(estimate, dict) else None
+    for rec in batches if isinstance(batches, list) else ():
+        if not isinstance(rec, list) or len(rec) != 6:
+            continue  # ZEstimate.from_dict words this one
+        index, units, samples = rec[:3]
+        if not (isinstance(units, int) and isinstance(samples, int)) or not 1 <= units <= samples:
+            raise UserError(
+                f"{what}: batch {index!r} records {units!r} units from {samples!r} samples "
+                "(expected 1 <= units <= samples): a damaged file; rerun the step that wrote it"
+            )
+
+
 def _read_shard(path: PathLike) -> dict[str, Any]:
     from .zestimate import ZEstimate
 
     obj = _read_json(path, "shard")
+    _check_batches(obj.get("estimate"), f"shard {path}")
     try:
         obj["_est"] = ZEstimate.from_dict(obj["estimate"])
         for key in ("shard", *_SHARD_KEYS):
@@ -434,11 +492,22 @@ def reduce_z(shards: Sequence[PathLike], out: PathLike) -> dict[str, Any]:
     return result
 
 
+def _split_size(dataset_file: PathLike, split: str) -> int:
+    """Images in a split from the dataset's manifest (an upper guess when it has none)."""
+    from .data import DataError, load_manifest
+
+    try:
+        return int(load_manifest(dataset_file)["splits"][split].get("n") or 70_000)
+    except DataError:
+        return 70_000
+
+
 def _z_file(path: PathLike) -> tuple[dict[str, Any], Any]:
     """(the JSON object, its ZEstimate) of a Z file, or one line naming the file."""
     from .zestimate import ZEstimate
 
     obj = _read_json(path, "--z")
+    _check_batches(obj.get("estimate"), f"--z {path}")
     try:
         return obj, ZEstimate.from_dict(obj["estimate"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -493,11 +562,15 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """IWAE test NLL with ``ecfg.iwae_k`` samples; LARS priors use the Z of ``z``."""
+    from . import memory
     from .checkpoint import is_lars
     from .data.loaders import eval_tensor
     from .evaluation import elbo_terms, nll_summary
 
-    model, ckpt = load_checked(checkpoint, device)
+    n_test = _split_size(dataset_file, "test")
+    model, ckpt = load_checked(
+        checkpoint, device, lambda meta: memory.evaluate_job(meta, ecfg, n_test, device)
+    )
     meta = ckpt["meta"]
     data_sha = file_sha256(existing_file(dataset_file, "--dataset-file"))
     if meta.get("dataset_sha256") not in (None, data_sha):
@@ -568,11 +641,12 @@ def sample_grid(
     LARS samples ranked by a(z) (the paper's quality score, Sec. 5), best first."""
     from torchvision.utils import save_image
 
+    from . import memory
     from .distributions import ResampledPrior
 
     if n < 1:
         raise UserError(f"--n: expected an integer >= 1, got {n}")
-    model, _ = load_checked(checkpoint, device)
+    model, _ = load_checked(checkpoint, device, lambda meta: memory.sample_job(meta, n, device))
     torch.manual_seed(derive_seed(seed, SAMPLE_TAG))
     with torch.no_grad():
         prior = model.top_prior
@@ -596,6 +670,7 @@ def report(
     from .reports import figures, table1
 
     root = Path(root)
+    _check_results(spec, root)
     cells = table1.load_results(spec, root)
     now = table1.now_utc()
     atomic_write_text(table, table1.render_table1(spec, cells, root, now))
@@ -605,6 +680,29 @@ def report(
     )
     figures.plot_training_curves(spec, curves, root)
     print(f"report: wrote {table}, {main}, {metrics}, {curves}", file=sys.stderr)
+
+
+def _check_results(spec: dict[str, Any], root: Path) -> None:
+    """Every cell's nll.json (and z.json) exists, is a JSON object and has a finite ``nll``
+    (a report must never show a row built from a file larsvae evaluate did not finish)."""
+    cells = spec.get("cells")
+    if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
+        raise UserError("--spec: 'cells' must be a list of objects")
+    for c in cells:
+        if not isinstance(c.get("nll"), str):
+            raise UserError(f"--spec: cell {c} names no nll.json")
+        path = root / c["nll"]
+        nll = _read_json(path, "nll.json")
+        value = nll.get("nll")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(
+                f"nll.json {path}: no number 'nll' (got {value!r}): not a finished "
+                "larsvae evaluate output; rerun that cell's evaluation"
+            )
+        if not math.isfinite(value):
+            raise UserError(f"nll.json {path}: nll = {value} is not finite")
+        if c.get("z"):
+            _read_json(root / c["z"], "z.json")
 
 
 def appendix(spec: dict[str, Any], out_dir: PathLike, root: PathLike = ".") -> list[Path]:
@@ -637,8 +735,15 @@ def rank(
     """Figures D.5-D.8: n proposal samples ranked by a(z) (larsvae.ranking.rank_checkpoint):
     grid of the best / random / worst, sorted a(z), samples.npz and summary.json in
     ``out_dir``; the figures and summary also copied to ``figures_dir`` if given."""
+    from . import memory
+    from .checkpoint import check_size, load_checkpoint
     from .ranking import rank_checkpoint
 
+    if isinstance(n, int) and n >= 1:  # rank_checkpoint words the error otherwise
+        ckpt = load_checkpoint(existing_file(checkpoint, "--checkpoint"))
+        check_size(ckpt, checkpoint)
+        est = memory.rank_job(ckpt["meta"], n, device)
+        memory.require(est, device, f"rank --checkpoint {checkpoint}")
     summary = rank_checkpoint(
         checkpoint,
         out_dir,
@@ -669,6 +774,47 @@ def toy2d(out: PathLike, steps: int, seed: int, *, progress: bool = True) -> dic
     return summary
 
 
+# -- Appendix D, part 2 ----------------------------------------------------------------------
+
+
+def prepare_labels(dataset: str, dataset_file: PathLike, out: PathLike) -> str:
+    """The class labels of ``dataset`` beside its prepared npz (never inside it: that would
+    change its hash and every checkpoint's provenance), aligned with and checked against
+    ``dataset_file``'s images; returns the labels file's sha256."""
+    from .data.labels import prepare_labels as _prepare
+
+    return _prepare(dataset, out, dataset_file=existing_file(dataset_file, "--dataset-file"))
+
+
+def latent2d(
+    models: dict[str, PathLike],
+    z_files: dict[str, PathLike],
+    dataset_file: PathLike,
+    labels_file: PathLike,
+    out_dir: PathLike,
+    *,
+    grid: int = 200,
+    seed: int = 0,
+    budget: str = "",
+) -> dict[str, Any]:
+    """Figures D.10-D.14 and table_latent2d.md for the 2-D latent VAEs ``models`` (label ->
+    checkpoint; each checked for provenance like any other consumer of a checkpoint)."""
+    from .reports.latent2d import latent2d_report
+
+    for label, path in models.items():
+        existing_file(path, f"--model {label}")
+    return latent2d_report(
+        models,
+        existing_file(dataset_file, "--dataset-file"),
+        existing_file(labels_file, "--labels-file"),
+        out_dir,
+        z_files=z_files,
+        grid=grid,
+        seed=seed,
+        budget=budget,
+    )
+
+
 __all__ = [
     "check_data",
     "rank",
@@ -676,7 +822,9 @@ __all__ = [
     "z_convergence",
     "estimate_z",
     "evaluate",
+    "latent2d",
     "posthoc_model",
+    "prepare_labels",
     "prepare_data",
     "read_z",
     "reduce_z",

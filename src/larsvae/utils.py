@@ -9,6 +9,7 @@ only looks at whether an output exists -- never sees a half-written file, even a
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import itertools
@@ -29,6 +30,22 @@ class UserError(Exception):
 
 class TrainingDiverged(UserError):
     """The training loss became NaN/inf; the last good checkpoint is kept (CLI status 1)."""
+
+
+class DiskFull(UserError):
+    """No space left (ENOSPC, or the quota: EDQUOT) while writing ``path``; the partial
+    temporary was removed and ``path`` is untouched."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        super().__init__(
+            f"{path}: no space left on device while writing it (nothing was written); "
+            "free some space and rerun the same command"
+        )
+
+
+#: errno values that mean "the disk (or the quota) is full"
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def _current_umask() -> int:
@@ -59,23 +76,31 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     """Open a temporary file beside ``path``; on success it atomically becomes ``path``.
 
     On any exception (including ``KeyboardInterrupt``) the temporary file is removed and
-    ``path`` is left untouched.
+    ``path`` is left untouched; a full disk raises :class:`DiskFull` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
         os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, mode) as f:
+        with _open_fd(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            raise DiskFull(path) from None
         raise
     _fsync_dir(path.parent)
+
+
+#: how :func:`atomic_write` opens its temporary (the tests put a full disk here)
+_open_fd = os.fdopen
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -28,6 +28,8 @@ from ..utils import derive_seed
 from .checksums import DataError
 
 SPLITS = ("train", "valid", "test")
+#: a manifest is a few KB; anything far larger is not one (and is not read)
+MANIFEST_MAX_BYTES = 1 << 20
 _STREAM_PERMUTATION = 0
 _STREAM_BINARIZE = 1
 
@@ -57,10 +59,30 @@ def load_manifest(path: str | os.PathLike) -> dict:
     """The JSON manifest beside a prepared npz (``foo.npz`` -> ``foo.json``)."""
     p = Path(path)
     p = p.with_suffix(".json") if p.suffix == ".npz" else p
+    redo = "run `larsvae prepare-data` again"
     try:
-        return json.loads(p.read_text())
-    except FileNotFoundError as e:
-        raise DataError(f"manifest {str(p)!r} not found; run `larsvae prepare-data`") from e
+        if p.stat().st_size > MANIFEST_MAX_BYTES:  # before reading: never a multi-GB read
+            raise DataError(f"manifest {p}: {p.stat().st_size} bytes, not a manifest; {redo}")
+        manifest = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise DataError(f"manifest {str(p)!r} not found; run `larsvae prepare-data`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"manifest {p}: not valid JSON (truncated?): {e}; {redo}") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"manifest {p}: expected a JSON object; {redo}")
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict):
+        raise DataError(f"manifest {p}: no 'splits' entry; {redo}")
+    for s in SPLITS:
+        entry = splits.get(s)
+        if not isinstance(entry, dict) or entry.get("values") not in ("grey", "binary"):
+            raise DataError(
+                f"manifest {p}: splits.{s} must record values 'grey' or 'binary'; {redo}"
+            )
+        n = entry.get("n")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise DataError(f"manifest {p}: splits.{s}.n must be an integer >= 0, got {n!r}")
+    return manifest
 
 
 def is_grey(manifest: dict, split: str) -> bool:
