@@ -27,10 +27,10 @@ used (an unverified file is never used); Omniglot is derived from the 105x105 or
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +79,62 @@ OMNIGLOT_SHAPES = {
     "images_evaluation": (659, 20, 105, 105),
 }
 
+#: Bytes of every logical file's decompressed content (Omniglot: of the decoded bool array),
+#: known like the digests: nothing larger is ever inflated or read (gzip bombs, a multi-GB
+#: file with the right name), and the digest check rejects anything smaller or different.
+SIZE: dict[str, int] = {
+    "mnist.pkl.gz": 220_080_342,
+    "mnist/train-images-idx3-ubyte": 47_040_016,
+    "mnist/train-labels-idx1-ubyte": 60_008,
+    "mnist/t10k-images-idx3-ubyte": 7_840_016,
+    "mnist/t10k-labels-idx1-ubyte": 10_008,
+    "binarized_mnist_train.amat": 78_400_000,
+    "binarized_mnist_valid.amat": 15_680_000,
+    "binarized_mnist_test.amat": 15_680_000,
+    "mnist_salakhutdinov.pkl.gz": 55_440_338,
+    "images_background": 964 * 20 * 105 * 105,
+    "images_evaluation": 659 * 20 * 105 * 105,
+    "fashion/train-images-idx3-ubyte": 47_040_016,
+    "fashion/train-labels-idx1-ubyte": 60_008,
+    "fashion/t10k-images-idx3-ubyte": 7_840_016,
+    "fashion/t10k-labels-idx1-ubyte": 10_008,
+}
+#: An Omniglot archive (compressed .npz or the repository's PNG .zip) is far below this.
+OMNIGLOT_ARCHIVE_MAX = 64 << 20
+#: room for a .npy header in an .npz member
+_NPY_HEADER_MAX = 4096
+
+
+def max_raw_bytes(key: str) -> int:
+    """The most bytes a raw file holding ``key`` can have: its content plus gzip's worst-case
+    overhead (stored blocks: 5 bytes per 64 KB, and the header); an archive's fixed cap."""
+    if key in OMNIGLOT_SHAPES:
+        return OMNIGLOT_ARCHIVE_MAX
+    return SIZE[key] + SIZE[key] // 1000 + (64 << 10)
+
+
+def gunzip(raw: bytes, limit: int) -> bytes:
+    """Decompress a (possibly multi-member) gzip stream, refusing once it exceeds ``limit``
+    bytes: a bomb costs at most ``limit`` bytes of memory, never its inflated size."""
+    out = bytearray()
+    data = raw
+    while True:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        buf = data
+        while buf and not d.eof:
+            out += d.decompress(buf, limit + 1 - len(out))
+            if len(out) > limit:
+                raise DataError(
+                    f"decompresses to more than {limit:,} bytes, the size of the real file "
+                    "(a gzip bomb?); not inflated further"
+                )
+            buf = d.unconsumed_tail
+        if not d.eof:
+            raise DataError("not a valid gzip file (truncated)")
+        data = d.unused_data
+        if not data.strip(b"\0"):  # trailing zero padding is allowed after the last member
+            return bytes(out)
+
 
 def sha256_hex(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -95,11 +151,15 @@ class Content:
 
 def decode(key: str, filename: str, raw: bytes) -> bytes | np.ndarray:
     """Decompressed content of a raw file named ``filename`` holding logical file ``key``."""
+    if len(raw) > max_raw_bytes(key):
+        raise DataError(f"{len(raw):,} bytes, more than the real file's {max_raw_bytes(key):,}")
     if key in OMNIGLOT_SHAPES:
         if filename.endswith(".npz"):
+            _check_zip_members(raw, SIZE[key] + _NPY_HEADER_MAX)
             with np.load(io.BytesIO(raw), allow_pickle=False) as z:
                 images = np.ascontiguousarray(z["images"])
         elif filename.endswith(".zip"):
+            _check_zip_members(raw, OMNIGLOT_ARCHIVE_MAX)
             images = omniglot_zip_to_array(raw, key)
         else:
             raise DataError("expected an Omniglot .npz or .zip archive")
@@ -111,10 +171,25 @@ def decode(key: str, filename: str, raw: bytes) -> bytes | np.ndarray:
         return images
     if filename.endswith(".gz"):
         try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zipfile.BadZipFile) as e:  # truncated / not gzip
+            return gunzip(raw, SIZE[key])
+        except zlib.error as e:  # not gzip, corrupt
             raise DataError(f"not a valid gzip file ({e})") from e
     return raw
+
+
+def _check_zip_members(raw: bytes, limit: int) -> None:
+    """The members of a zip (an .npz) declare their sizes; zipfile never inflates a member
+    past its declared size, so checking the declarations bounds the memory."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            total = sum(i.file_size for i in zf.infolist())
+    except zipfile.BadZipFile as e:
+        raise DataError(f"not a valid zip/npz archive ({e})") from e
+    if total > limit:
+        raise DataError(
+            f"its members decompress to {total:,} bytes, more than the real archive's "
+            f"{limit:,} (a zip bomb?); not inflated"
+        )
 
 
 def content_digest(data: bytes | np.ndarray) -> str:

