@@ -320,6 +320,7 @@ class BadInput:
     rc_expected: int = 2
     allowed_leftovers: tuple[str, ...] = ()
     nan_at_step: int | None = None
+    env: dict[str, str] = field(default_factory=dict)  # set while the command runs
     # filled by the run
     rc: int | None = None
     stderr: str = ""
@@ -400,7 +401,44 @@ def _setup_bad_input_files(root: Path) -> dict[str, Path]:
     ):
         rc, err = cli_in_process(args)
         assert rc == 0, err
+    _setup_limit_files(root, f)
     return f
+
+
+def _setup_limit_files(root: Path, f: dict[str, Path]) -> None:
+    """Issue 10 #8/#9: damaged manifests, shard, nll.json and checkpoint metas."""
+    from larsvae.checkpoint import load_checkpoint, save_checkpoint
+
+    text = f["data"].with_suffix(".json").read_text()
+    for name, manifest in (
+        ("manifest_truncated", text[: len(text) // 2]),
+        (
+            "manifest_no_splits",
+            json.dumps({k: v for k, v in json.loads(text).items() if k != "splits"}),
+        ),
+    ):
+        d = root / name
+        d.mkdir()
+        shutil.copy(f["data"], d)
+        (d / "dynamic_mnist.json").write_text(manifest)
+        f[name] = d / "dynamic_mnist.npz"
+    shard = json.loads(f["shard0of2"].read_text())
+    shard["estimate"]["batches"][0][1] = 0
+    f["zero_units"] = root / "shards" / "zero_units.json"
+    f["zero_units"].write_text(json.dumps(shard))
+    f["nll_without_nll"] = root / "results" / "nll.json"
+    f["nll_without_nll"].parent.mkdir()
+    f["nll_without_nll"].write_text(json.dumps({"dataset": "dynamic_mnist", "arch": "vae"}))
+    ck = load_checkpoint(f["lars"])
+    payload = {k: v for k, v in ck.items() if k not in ("format", "format_version")}
+    for name, meta in (
+        ("seed_abc", {"seed": "abc"}),
+        ("seed_negative", {"seed": -5}),
+        ("meta_hidden_300000", {"model_config": {**ck["meta"]["model_config"], "hidden": 300000}}),
+        ("meta_hidden_90000", {"model_config": {**ck["meta"]["model_config"], "hidden": 90000}}),
+    ):
+        f[name] = root / name / "model.pt"
+        save_checkpoint({**payload, "meta": {**ck["meta"], **meta}}, f[name])
 
 
 def bad_input_cases(root: Path, f: dict[str, Path]) -> list[BadInput]:
@@ -435,6 +473,32 @@ def bad_input_cases(root: Path, f: dict[str, Path]) -> list[BadInput]:
 
     def posthoc(init):
         return lambda o: train(o, arch="vae", prior="lars") + ["--init", str(init)]
+
+    def estimate_z(ckpt, num_shards="1", ep='{"z_samples": 2000, "z_batch": 500}'):
+        return lambda o: [
+            "estimate-z",
+            "--checkpoint",
+            str(ckpt),
+            "--shard",
+            "0",
+            "--num-shards",
+            num_shards,
+            "--eval-params",
+            ep,
+            "--out",
+            str(o / "shard0of1.json"),
+            "--no-progress",
+        ]
+
+    def sample(ckpt):
+        return lambda o: ["sample", "--checkpoint", str(ckpt), "--out", str(o / "samples.png")]
+
+    spec = {
+        "cells": [
+            {"dataset": "dynamic_mnist", "arch": "vae", "prior": "gaussian", "mode": "standard"}
+            | {"seed": 0, "nll": str(f["nll_without_nll"])}
+        ]
+    }
 
     return [
         case(
@@ -580,6 +644,77 @@ def bad_input_cases(root: Path, f: dict[str, Path]) -> list[BadInput]:
             ["duplicate", "shard 0"],
         ),
         case(
+            "manifest_truncated",
+            "a truncated dataset manifest",
+            lambda o: train(o, data=f["manifest_truncated"]),
+            ["manifest_truncated/dynamic_mnist.json", "not valid JSON"],
+        ),
+        case(
+            "manifest_no_splits",
+            "a dataset manifest without `splits`",
+            lambda o: train(o, data=f["manifest_no_splits"]),
+            ["manifest_no_splits/dynamic_mnist.json", "no 'splits'"],
+        ),
+        case(
+            "nll_without_nll",
+            "an nll.json without `nll` given to the report",
+            lambda o: (
+                ["report", "--spec", json.dumps(spec)]
+                + [f"--{k}={o / k}" for k in ("table", "main", "metrics", "curves")]
+            ),
+            [str(f["nll_without_nll"]), "'nll'"],
+        ),
+        case(
+            "shard_zero_units",
+            "a Z shard whose batch record has 0 units",
+            lambda o: ["reduce-z", "--out", str(o / "z.json"), str(f["zero_units"])],
+            [str(f["zero_units"]), "0 units"],
+        ),
+        case(
+            "num_shards_fractional",
+            "--num-shards 2.5",
+            estimate_z(f["lars"], num_shards="2.5"),
+            ["--num-shards", "2.5"],
+        ),
+        case(
+            "meta_seed_string",
+            'checkpoint meta with seed "abc"',
+            estimate_z(f["seed_abc"]),
+            [str(f["seed_abc"]), "meta seed", "'abc'"],
+        ),
+        case(
+            "meta_seed_negative",
+            "checkpoint meta with seed -5",
+            estimate_z(f["seed_negative"]),
+            [str(f["seed_negative"]), "meta seed", "-5"],
+        ),
+        case(
+            "meta_hidden_out_of_bounds",
+            "a small checkpoint whose meta says hidden: 300000",
+            sample(f["meta_hidden_300000"]),
+            [str(f["meta_hidden_300000"]), "model_config.hidden", "300000"],
+        ),
+        case(
+            "meta_larger_than_weights",
+            "a small checkpoint whose meta says hidden: 90000 (in bounds)",
+            sample(f["meta_hidden_90000"]),
+            [str(f["meta_hidden_90000"]), "meta and weights do not match"],
+        ),
+        case(
+            "memory_too_large",
+            "hidden: 100000 (in bounds, 2e10 weights) for training",
+            lambda o: train(o, model={"hidden": 100_000}),
+            ["model.hidden = 100000", "available"],
+            env={"LARSVAE_MEMORY_BYTES": str(64 << 30)},
+        ),
+        case(
+            "z_batch_memory",
+            "z_batch: 10^9 with a 1 GB memory budget",
+            estimate_z(f["lars"], ep=json.dumps({"z_samples": 10**9, "z_batch": 10**9})),
+            ["evaluate.z_batch = 1000000000", "available"],
+            env={"LARSVAE_MEMORY_BYTES": str(1 << 30)},
+        ),
+        case(
             "nan_loss",
             "NaN appearing in the loss (injected at step 8)",
             lambda o: train(o, train_p={"iterations": 20, "checkpoint_every": 5, "batch_size": 16}),
@@ -598,11 +733,20 @@ def _replace_value(args: list[str], flag: str, value: str) -> list[str]:
 
 
 def run_bad_input(c: BadInput) -> BadInput:
-    if c.nan_at_step is None:
-        c.rc, c.stderr = cli_in_process(c.args)
-    else:
-        with nan_loss_at_step(c.nan_at_step):
+    saved = {k: os.environ.get(k) for k in c.env}
+    os.environ.update(c.env)
+    try:
+        if c.nan_at_step is None:
             c.rc, c.stderr = cli_in_process(c.args)
+        else:
+            with nan_loss_at_step(c.nan_at_step):
+                c.rc, c.stderr = cli_in_process(c.args)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     c.leftovers = [x for x in files_under(c.out_dir) if x not in c.allowed_leftovers]
     return c
 

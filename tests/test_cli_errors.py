@@ -36,6 +36,17 @@ CASES = [
     "z_underflow",
     "incomplete_shards",
     "duplicate_shards",
+    "manifest_truncated",
+    "manifest_no_splits",
+    "nll_without_nll",
+    "shard_zero_units",
+    "num_shards_fractional",
+    "meta_seed_string",
+    "meta_seed_negative",
+    "meta_hidden_out_of_bounds",
+    "meta_larger_than_weights",
+    "memory_too_large",
+    "z_batch_memory",
     "nan_loss",
 ]
 
