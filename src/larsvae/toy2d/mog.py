@@ -273,6 +273,7 @@ _INIT, _FIT = 0, 1
 _TEST = 0x7E57
 _QUAD_HALF_WIDTH, _QUAD_N = 6.0, 600  # cells of 0.02 against a mode std of 0.25
 _PLOT_N = 160
+_PROPOSAL_NAME = {"lars": "N(0, I)", "lars_realnvp": "RealNVP (joint)", "realnvp": "RealNVP"}
 
 
 @torch.no_grad()
@@ -622,7 +623,7 @@ def _plot(
         panels = [
             ("target q(z)", q, "q(z)", vmax, "viridis"),
             (
-                "proposal π(z): " + ("N(0, I)" if spec.prior == "lars" else "RealNVP"),
+                "proposal π(z): " + _PROPOSAL_NAME[spec.prior],
                 r.panels["proposal"].view(n, n),
                 "π(z)",
                 vmax,
