@@ -15,28 +15,35 @@ from larsvae.reports.appendix import (
     render_table_d1,
     render_table_d2,
     render_table_d3,
+    render_table_d6,
     render_table_d45,
     write_appendix,
 )
-from larsvae.reports.paper import PAPER_TABLE_D1, PAPER_TABLE_D2, PAPER_TABLE_D3, PAPER_TABLE_D45
+from larsvae.reports.paper import (
+    PAPER_TABLE_D1,
+    PAPER_TABLE_D2,
+    PAPER_TABLE_D3,
+    PAPER_TABLE_D6,
+    PAPER_TABLE_D45,
+)
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 ARCH = {"latent_dim": 50, "hidden": 300}
 JOINT = {**ARCH, "acceptance_hidden": [100, 100], "truncation": 100}
 
 
-def _cell(tmp_path, ds, prior, mode, variant, seed, model, nll=None, z=None):
+def _cell(tmp_path, ds, prior, mode, variant, seed, model, nll=None, z=None, arch="vae"):
     """A spec cell; writes nll.json / z.json only when given (None = the file is missing)."""
-    d = tmp_path / f"results/{ds}/vae/{prior}/{mode}/{variant}/seed{seed}"
+    d = tmp_path / f"results/{ds}/{arch}/{prior}/{mode}/{variant}/seed{seed}"
     d.mkdir(parents=True)
     if nll is not None:
         (d / "nll.json").write_text(json.dumps({"n": 10000, "k": 1000, **nll}))
     if z is not None:
         (d / "z.json").write_text(json.dumps({"estimate": {}, **z}))
-    lars = prior in ("lars", "lars_realnvp")
+    lars = prior in ("lars", "lars_realnvp") or arch == "vae_rx"
     return dict(
         dataset=ds,
-        arch="vae",
+        arch=arch,
         prior=prior,
         mode=mode,
         variant=variant,
@@ -232,8 +239,9 @@ def test_ambiguous_rows_show_the_dash(spec, tmp_path):
 def test_write_appendix_writes_the_four_tables(spec, tmp_path):
     out = tmp_path / "reports"
     paths = write_appendix(spec, out, root=tmp_path, now=NOW)
-    assert [p.name for p in paths] == ["table_d1.md", "table_d2.md", "table_d3.md", "table_d45.md"]
-    renders = (render_table_d1, render_table_d2, render_table_d3, render_table_d45)
+    names = ["table_d1.md", "table_d2.md", "table_d3.md", "table_d45.md", "table_d6.md"]
+    assert [p.name for p in paths] == names
+    renders = (render_table_d1, render_table_d2, render_table_d3, render_table_d45, render_table_d6)
     for p, render in zip(paths, renders, strict=True):
         assert p.read_text() == render(spec, tmp_path, NOW)
 
@@ -243,3 +251,24 @@ def test_nothing_run_renders_dashes_only(tmp_path):
     t = render_table_d3(spec, tmp_path, NOW)
     assert "| T = ∞ | — / 82.67 | — / 2e-6 | — | — / 24.8 | — / 61.5 |" in t
     assert "(single seed)" in t and "NOT the paper's budget" not in t
+
+
+def test_table_d6_resampled_outputs(spec, tmp_path):
+    """The resampled-outputs cell (arch vae_rx) lands in its own row, with the VAE-alone NLL
+    and the mean log-term; without it the row shows the dash."""
+    t = render_table_d6(spec, tmp_path, NOW)
+    assert "| resampled outputs (LARS on x) | — / 83.63 | — / 0.014 |" in t
+    rx = _cell(tmp_path, "dynamic_mnist", "gaussian", "standard", "base", 1,
+               {**ARCH, "truncation": 100, "eps": 0.1, "train_z_samples": 1024},
+               {"nll": 84.1, "z": 0.0123, "z_stderr": 2e-5, "nll_marginal": 87.6,
+                "log_term_mean": 3.5}, _z(0.0123, 2e-5, antithetic=False), arch="vae_rx")  # fmt: skip
+    t = render_table_d6({**spec, "cells": [*spec["cells"], rx]}, tmp_path, NOW)
+    row = [line for line in t.splitlines() if line.startswith("| resampled outputs")][0]
+    assert row.startswith(
+        "| resampled outputs (LARS on x) | **84.10** / 83.63 | **0.0123** / 0.014"
+    )
+    assert "| **87.60** | **3.50** |" in row
+    # the standard and resampled-prior rows are Table D.2's cells, seeds averaged
+    assert f"| standard prior N(0, I) | **{_pm(85.0, 85.4)}** / 84.97 |" in t
+    assert f"| resampled prior (LARS on z) | **{_pm(83.0, 83.5)}** / 83.04 |" in t
+    assert all(f" / {r['nll']:.2f} |" in t for r in PAPER_TABLE_D6.values())

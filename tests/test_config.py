@@ -88,9 +88,10 @@ def test_unknown_key_names_the_choices():
 def test_every_key_is_read_by_some_step():
     read = {
         (s, k)
-        for step in ("train", "train_posthoc", "estimate_z", "evaluate", "sample", "toy2d", "rank")
+        for step in C.STEPS
         for prior in C.PRIORS
-        for s, keys in C.step_keys(step, prior).items()
+        for arch in C.ARCHS
+        for s, keys in C.step_keys(step, prior, arch).items()
         for k in keys
     }
     read |= {("evaluate", "z_shards")}  # names the shard files (the rules' wildcard)
@@ -106,6 +107,8 @@ def test_prior_groups_select_the_keys_each_prior_reads():
     assert "maf_blocks" in C.model_keys("maf") and "realnvp_couplings" not in C.model_keys("maf")
     # post-hoc training builds LARS over the trained N(0, I), whatever the cell's prior says
     assert C.step_keys("train_posthoc", "gaussian")["model"] == C.model_keys("lars")
+    # resampled outputs: the VAE's keys and the output resampler's (a(x) is as wide as H)
+    assert C.model_keys("gaussian", "vae_rx") == ("latent_dim", "hidden", *C.OUTPUT_LARS_KEYS)
 
 
 def test_parse_params_applies_overrides_per_dataset_and_lists_cells():

@@ -605,29 +605,51 @@ def test_dvc_repro_smoke(clone):
 
 #: smoke jobs -> the jobs that consume their outputs (the DAG, written out by hand)
 _G, _J, _P, _T2 = "gaussian/standard", "lars/standard", "lars/posthoc", "lars-t2/standard"
-_CELLS = (_G, _J, _P, _T2)
+# the 2-D latent cells (Figs. D.10-D.14) and the resampled-outputs cell (Table D.6)
+_GZ, _JZ, _JZS, _PZ = (
+    "gaussian-z2/standard",
+    "lars-z2/standard",
+    "lars-z2small/standard",
+    "lars-z2/posthoc",
+)
+_RX = "rx/gaussian/standard"
+_Z2 = (_GZ, _JZ, _JZS, _PZ)
+_TABLE = (_G, _J, _P, _T2, _RX)  # the cells of Tables D.1-D.6
+_MAIN = (_G, _J, _P)  # Table 1
+_WITH_Z = (_J, _P, _T2, _JZ, _JZS, _PZ, _RX)
+_CELLS = (*_TABLE, *_Z2)
 _DOWNSTREAM = {
-    "prepare_data": [f"{rule}:{c}" for rule in ("train", "evaluate") for c in _CELLS],
-    # every cell's training feeds its Z, evaluation, sample grid and the appendix tables;
-    # the base (Table 1) cells also feed Table 1; the base LARS cells also their ranking
+    "prepare_data": [f"{rule}:{c}" for rule in ("train", "evaluate") for c in _CELLS]
+    + ["prepare_labels", "latent2d"],
+    "prepare_labels": ["latent2d"],
+    # every cell's training feeds its Z, evaluation and sample grid; the table cells also
+    # feed the appendix tables, the Table 1 cells Table 1, the 2-D cells the latent figures
     **{
-        f"train:{c}": [f"evaluate:{c}", f"sample_grid:{c}", "appendix_tables"]
-        + ([f"estimate_z:{c}"] if c != _G else [])
-        + (["report"] if c != _T2 else [])
-        + ([f"rank:{c}"] if c in (_J, _P) else [])
+        f"train:{c}": [f"evaluate:{c}", f"sample_grid:{c}"]
+        + (["appendix_tables"] if c in _TABLE else [])
+        + ([f"estimate_z:{c}"] if c in _WITH_Z else [])
+        + (["report"] if c in _MAIN else [])
+        + ([f"rank:{c}"] if c in (_J, _P, _RX) else [])
         + ([f"train:{_P}"] if c == _G else [])
+        + ([f"train:{_PZ}"] if c == _GZ else [])
+        + (["latent2d"] if c in _Z2 else [])
         for c in _CELLS
     },
-    **{f"estimate_z:{c}": [f"reduce_z:{c}"] for c in (_J, _P, _T2)},
+    **{f"estimate_z:{c}": [f"reduce_z:{c}"] for c in _WITH_Z},
     **{
-        f"reduce_z:{c}": [f"evaluate:{c}", "appendix_tables"]
-        + (["report", "z_convergence"] if c != _T2 else [])
-        for c in (_J, _P, _T2)
+        f"reduce_z:{c}": [f"evaluate:{c}"]
+        + (["appendix_tables"] if c in _TABLE else [])
+        + (["report", "z_convergence"] if c in _MAIN else [])
+        + (["latent2d"] if c in _Z2 else [])
+        for c in _WITH_Z
     },
-    **{f"evaluate:{c}": ["appendix_tables"] + (["report"] if c != _T2 else []) for c in _CELLS},
+    **{
+        f"evaluate:{c}": (["appendix_tables"] if c in _TABLE else [])
+        + (["report"] if c in _MAIN else [])
+        for c in _CELLS
+    },
 }
-_ARCH = ("model.latent_dim", "model.hidden")
-_LARS = ("model.acceptance_hidden", "model.truncation", "model.eps", "model.train_z_samples")
+_LARS_NET = ("model.eps", "model.train_z_samples")  # also read by the output resampler
 _Z = ("evaluate.z_samples", "evaluate.z_batch", "evaluate.z_antithetic", "evaluate.z_shards")
 _IWAE = (
     "evaluate.iwae_k",
@@ -641,32 +663,40 @@ _IWAE = (
 def _readers(key: str) -> set[str]:
     """The smoke jobs whose step reads ``key`` (what larsvae.config.step_keys promises)."""
     section = key.split(".")[0]
-    if key in _ARCH:
-        return {f"train:{c}" for c in (_G, _J, _P, _T2)}
+    if key == "model.hidden":
+        return {f"train:{c}" for c in _CELLS}
+    if key == "model.latent_dim":  # the z2 variants set their own
+        return {f"train:{c}" for c in (_G, _J, _P, _T2, _RX)}
     if key == "model.truncation":  # the t2 variant sets its own T
-        return {f"train:{_J}", f"train:{_P}"}
-    if key in _LARS:
-        return {f"train:{_J}", f"train:{_P}", f"train:{_T2}"}
+        return {f"train:{c}" for c in (_J, _P, _JZ, _JZS, _PZ, _RX)}
+    if key == "model.acceptance_hidden":  # z2small sets its own; a(x) is as wide as H
+        return {f"train:{c}" for c in (_J, _P, _T2, _JZ, _PZ)}
+    if key in _LARS_NET:
+        return {f"train:{c}" for c in _WITH_Z}
     if key == "variants.t2.truncation":
         return {f"train:{_T2}"}
+    if key == "variants.z2small.acceptance_hidden":
+        return {f"train:{_JZS}"}
     if section == "model":  # flow keys: no smoke cell has a flow prior
         return set()
     if section == "train":
-        return {f"train:{_G}", f"train:{_J}", f"train:{_T2}"}
+        return {f"train:{c}" for c in _CELLS if c not in (_P, _PZ)}
     if section == "posthoc":
-        return {f"train:{_P}"}
+        return {f"train:{_P}", f"train:{_PZ}"}
     if key in _Z:
-        return {f"estimate_z:{c}" for c in (_J, _P, _T2)}
+        return {f"estimate_z:{c}" for c in _WITH_Z}
     if key in _IWAE:
-        return {f"evaluate:{c}" for c in (_G, _J, _P, _T2)}
+        return {f"evaluate:{c}" for c in _CELLS}
     if key == "report.samples":
-        return {f"sample_grid:{c}" for c in (_G, _J, _P, _T2)}
+        return {f"sample_grid:{c}" for c in _CELLS}
     if key in ("report.toy2d_steps", "report.toy2d_seed"):
         return {"toy2d"}
     if key == "report.rank_samples":
-        return {f"rank:{_J}", f"rank:{_P}"}
+        return {f"rank:{_J}", f"rank:{_P}", f"rank:{_RX}"}
+    if key == "report.latent2d_grid":
+        return {"latent2d"}
     if key == "name":
-        return {"report", "appendix_tables"}
+        return {"report", "appendix_tables", "latent2d"}
     if key == "data.mirrors":  # where the data come from is not a parameter of the result
         return set()
     raise AssertionError(f"no expectation for params key {key!r}: add it to _readers")
@@ -686,8 +716,13 @@ def _job_label(rule: str, outputs: str) -> str:
     rule = {"train_standard": "train", "train_joint": "train", "train_posthoc": "train"}.get(
         rule, rule
     )
-    cell = re.search(r"[/_](gaussian|lars(?:-t2)?)[/_](standard|posthoc)[/_]", outputs)
-    return f"{rule}:{cell.group(1)}/{cell.group(2)}" if cell else rule
+    cell = re.search(
+        r"[/_](vae_rx|vae)[/_](gaussian|lars)(-[a-z0-9]+)?[/_](standard|posthoc)[/_]", outputs
+    )
+    if not cell:
+        return rule
+    arch, prior, variant, mode = cell.groups()
+    return f"{rule}:{'rx/' if arch == 'vae_rx' else ''}{prior}{variant or ''}/{mode}"
 
 
 def _planned_jobs(stdout: str) -> set[str]:
@@ -716,7 +751,16 @@ def _changed(v):
 
 
 #: keys that change the set of cells or move every output: not a "changed value" question
-_STRUCTURAL = {"seeds", "experiments", "overrides", "paths.runs", "paths.reports"}
+_STRUCTURAL = {
+    "seeds",
+    "experiments",
+    "overrides",
+    "paths.runs",
+    "paths.reports",
+    # which cells have a 2-D latent space (Figs. D.10-D.14 vs Tables D.1-D.6)
+    "variants.z2.latent_dim",
+    "variants.z2small.latent_dim",
+}
 
 
 @pytest.mark.slow

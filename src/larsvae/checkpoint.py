@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import ARCHS, LARS_PRIORS, PRIORS, SEED_MAX, ConfigError, model_config
+from .config import (
+    ARCHS,
+    LARS_PRIORS,
+    OUTPUT_LARS_ARCHS,
+    PRIORS,
+    SEED_MAX,
+    ConfigError,
+    model_config,
+)
 from .utils import UserError, atomic_torch_save
 
 FORMAT = "larsvae-checkpoint"
@@ -231,3 +239,8 @@ def model_from_checkpoint(
 
 def is_lars(meta: dict[str, Any]) -> bool:
     return meta.get("prior") in LARS_PRIORS or meta.get("mode") == "posthoc"
+
+
+def has_z(meta: dict[str, Any]) -> bool:
+    """A LARS prior or LARS on the outputs: the model has a normalising constant Z."""
+    return is_lars(meta) or meta.get("arch") in OUTPUT_LARS_ARCHS

@@ -22,6 +22,7 @@ range and *group* here, once:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import types
 import typing
@@ -30,7 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DATASETS = ("static_mnist", "dynamic_mnist", "omniglot", "fashion_mnist")
-ARCHS = ("vae", "hvae", "convhvae")
+ARCHS = ("vae", "hvae", "convhvae", "vae_rx")
+#: architectures whose *outputs* are resampled by LARS (Table D.6): an N(0, I) VAE and
+#: a(x) = MLP[784-H-H-1]; their cells need a Z like the LARS priors'
+OUTPUT_LARS_ARCHS = ("vae_rx",)
+#: the model keys of the output resampler besides the VAE's (a(x) is as wide as the encoder)
+OUTPUT_LARS_KEYS = ("truncation", "eps", "train_z_samples")
 #: Prior on the top latent. "gaussian" = N(0, I); "lars" = LARS over N(0, I);
 #: "realnvp" / "maf" = flow priors; "lars_realnvp" = LARS with a RealNVP proposal.
 PRIORS = ("gaussian", "lars", "realnvp", "maf", "lars_realnvp")
@@ -160,6 +166,13 @@ class ReportConfig:
     toy2d_seed: int = _key(0, "report", "seed of the 2-D figure", lo=0, hi=SEED_MAX)
     rank_samples: int = _key(
         10_000, "report", "proposal samples ranked by a(z) (Figs. D.5-D.8)", lo=1, hi=10_000_000
+    )
+    latent2d_grid: int = _key(
+        200,
+        "report",
+        "grid points per axis of the 2-D latent figures (D.10-D.14)",
+        lo=10,
+        hi=2000,
     )
 
 
@@ -293,20 +306,38 @@ def _group_keys(cls: type, groups: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["group"] in groups)
 
 
-def model_keys(prior: str) -> tuple[str, ...]:
-    """The ``model`` keys a model with top prior ``prior`` is built from."""
-    return _group_keys(ModelConfig, PRIOR_GROUPS[check_choice("prior", prior, PRIORS)])
+def model_keys(prior: str, arch: str = "vae") -> tuple[str, ...]:
+    """The ``model`` keys a model with top prior ``prior`` and architecture ``arch`` is built
+    from (resampled outputs add the output resampler's keys)."""
+    keys = _group_keys(ModelConfig, PRIOR_GROUPS[check_choice("prior", prior, PRIORS)])
+    if arch in OUTPUT_LARS_ARCHS:
+        keys += tuple(k for k in OUTPUT_LARS_KEYS if k not in keys)
+    return keys
 
 
-def step_keys(step: str, prior: str = "gaussian") -> dict[str, tuple[str, ...]]:
-    """section -> keys that pipeline step ``step`` reads, for a cell with prior ``prior``.
+#: the pipeline's steps (larsvae.steps) that read params keys
+STEPS = (
+    "train",
+    "train_posthoc",
+    "estimate_z",
+    "evaluate",
+    "sample",
+    "toy2d",
+    "rank",
+    "latent2d",
+)
+
+
+def step_keys(step: str, prior: str = "gaussian", arch: str = "vae") -> dict[str, tuple[str, ...]]:
+    """section -> keys that pipeline step ``step`` reads, for a cell with prior ``prior``
+    and architecture ``arch``.
 
     A changed key reruns exactly the steps that read it (and what depends on their output).
     Post-hoc training builds a LARS prior over the trained N(0, I) whatever ``prior`` says.
     """
     all_train = tuple(f.name for f in dataclasses.fields(TrainConfig))
     table = {
-        "train": {"model": model_keys(prior), "train": all_train},
+        "train": {"model": model_keys(prior, arch), "train": all_train},
         "train_posthoc": {"model": model_keys("lars"), "posthoc": all_train},
         "estimate_z": {
             "evaluate": tuple(k for k in _group_keys(EvalConfig, ("z",)) if k != "z_shards")
@@ -315,9 +346,11 @@ def step_keys(step: str, prior: str = "gaussian") -> dict[str, tuple[str, ...]]:
         "sample": {"report": ("samples",)},
         "toy2d": {"report": ("toy2d_steps", "toy2d_seed")},
         "rank": {"report": ("rank_samples",)},
+        "latent2d": {"report": ("latent2d_grid",)},
     }
+    assert tuple(table) == STEPS
     if step not in table:
-        raise ConfigError(f"step: unknown value {step!r} (expected one of: {', '.join(table)})")
+        raise ConfigError(f"step: unknown value {step!r} (expected one of: {', '.join(STEPS)})")
     return table[step]
 
 
@@ -507,6 +540,11 @@ class Cell:
         return self.prior in LARS_PRIORS
 
     @property
+    def needs_z(self) -> bool:
+        """LARS priors and resampled outputs have a Z (shards, reduce, evaluate with it)."""
+        return self.is_lars or self.arch in OUTPUT_LARS_ARCHS
+
+    @property
     def tag(self) -> str:
         return self.prior if self.variant == BASE else f"{self.prior}-{self.variant}"
 
@@ -550,11 +588,59 @@ class Params:
             )
         return {**self.raw[cell.dataset]["model"], **self.variants.get(cell.variant, {})}
 
+    def posthoc_init(self, cell: Cell) -> Cell:
+        """The standard-prior cell a post-hoc cell starts from: same dataset, arch and seed,
+        and the same VAE. A variant that sets no VAE ("arch") key starts from the base model
+        (``lars-t10`` post-hoc from ``gaussian``); one that does starts from the first variant
+        that sets exactly those VAE keys and nothing else, else from its own
+        (``lars-z2small`` from ``gaussian-z2`` when ``z2: {latent_dim: 2}`` is defined)."""
+        arch = set(model_keys("gaussian"))
+        mine = {k: v for k, v in self.variants.get(cell.variant, {}).items() if k in arch}
+        variant = BASE
+        if mine:
+            pure = [n for n, keys in self.variants.items() if keys == mine]
+            variant = pure[0] if pure else cell.variant
+        return Cell(cell.dataset, cell.arch, "gaussian", "standard", cell.seed, variant)
+
+    def latent2d_cells(self) -> dict[str, Cell]:
+        """Figures D.10-D.14: the dynamicMNIST VAE cells of the first seed whose model has
+        latent_dim 2, labelled as in the paper: "standard", "post-hoc", and the joint LARS
+        cells by the size of a(z): "joint (large a)" and "joint (small a)" (a third or more:
+        "joint (<variant>)")."""
+        cells = [
+            c
+            for c in self.cells
+            if c.dataset == "dynamic_mnist"
+            and c.arch == "vae"
+            and c.seed == self.seeds[0]
+            and self.model_raw(c)["latent_dim"] == 2
+        ]
+
+        def a_size(c: Cell) -> int:
+            widths = [2, *self.model_raw(c)["acceptance_hidden"], 1]
+            return sum((i + 1) * o for i, o in itertools.pairwise(widths))
+
+        out: dict[str, Cell] = {}
+        joint = sorted((c for c in cells if c.is_lars and c.mode == "standard"), key=a_size)
+        for c in cells:
+            if not c.is_lars:
+                out["standard"] = c
+            elif c.mode == "posthoc":
+                out["post-hoc"] = c
+        if joint:
+            out["joint (large a)"] = joint[-1]
+        if len(joint) > 1:
+            out["joint (small a)"] = joint[0]
+        for c in joint[1:-1]:
+            out[f"joint ({c.variant})"] = c
+        return out
+
     def step_params(self, step: str, cell: Cell) -> dict[str, dict[str, Any]]:
         """section -> {key: value} of exactly the keys ``step`` reads for ``cell``."""
         raw = {**self.raw[cell.dataset], "model": self.model_raw(cell)}
         return {
-            sec: {k: raw[sec][k] for k in keys} for sec, keys in step_keys(step, cell.prior).items()
+            sec: {k: raw[sec][k] for k in keys}
+            for sec, keys in step_keys(step, cell.prior, cell.arch).items()
         }
 
 

@@ -132,23 +132,31 @@ def model_shape(arch: str, prior: str, mcfg: Any, posthoc: bool = False) -> Mode
     with 1 and with 2 latent samples: a layer whose output grows with the samples runs per
     (image, sample) pair, the others once per image. The top prior's layers are counted
     per prior sample from their widths."""
-    from .models import build_model
+    from .config import OUTPUT_LARS_ARCHS
+    from .models import build_model, z_holder
 
+    outputs = arch in OUTPUT_LARS_ARCHS  # activations as its VAE's; a(x) runs per sample
     with torch.device("meta"):
         if posthoc:  # exactly as training and checkpoint.build_from_meta build it
             model = build_model(arch, "gaussian", mcfg)
             model.make_posthoc(mcfg)
         else:
             model = build_model(arch, prior, mcfg)
-        plain = build_model(arch, "gaussian", mcfg) if prior != "gaussian" else model
+        plain = (
+            build_model("vae" if outputs else arch, "gaussian", mcfg)
+            if prior != "gaussian" or outputs
+            else model
+        )
     plain.eval()
     x = torch.zeros(1, DATA_DIM, device="meta")
     one = _layer_outputs(plain, lambda: plain.log_weights(x, 1))
     two = _layer_outputs(plain, lambda: plain.log_weights(x, 2))
     pair = [b - a for a, b in zip(one, two, strict=True) if b != a]
     point = [a for a, b in zip(one, two, strict=True) if b == a]
-    prior_mod = model.top_prior
+    prior_mod = z_holder(model)
     widths = [mcfg.latent_dim, *_linear_widths(prior_mod)]
+    if outputs:  # a proposal sample is decoded (latent -> H -> H -> pixels) before a(x)
+        widths += [mcfg.hidden, mcfg.hidden, DATA_DIM]
     numel = sum(t.numel() for t in model.state_dict().values())
     prior_numel = sum(t.numel() for t in prior_mod.state_dict().values())
     return ModelShape(

@@ -56,6 +56,12 @@ def cell_of_path(path: str | os.PathLike) -> dict[str, str] | None:
     return m.groupdict() if m else None
 
 
+def labels_file(dataset: str = "{dataset}") -> str:
+    """Class labels aligned with :func:`dataset_file` (a file of their own: the npz's hash is
+    every checkpoint's provenance and must not change when labels are added)."""
+    return f"{DATA}/{dataset}.labels.npz"
+
+
 def verified_file(dataset: str = "{dataset}") -> str:
     """Stamp of :func:`larsvae.steps.check_data`: the npz's arrays match their manifest."""
     return f"{DATA}/{dataset}.verified.json"

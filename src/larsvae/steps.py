@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .config import LARS_PRIORS, EvalConfig, ModelConfig, TrainConfig, to_dict
+from .config import LARS_PRIORS, OUTPUT_LARS_ARCHS, EvalConfig, ModelConfig, TrainConfig, to_dict
 from .utils import UserError, atomic_write, atomic_write_text, derive_seed, file_sha256
 
 PathLike = str | os.PathLike
@@ -333,13 +333,14 @@ def _check_cell(checkpoint: PathLike, meta: dict[str, Any]) -> None:
 def _lars_model(
     checkpoint: PathLike, device: Any, job: Any = None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    from .checkpoint import is_lars
+    from .checkpoint import has_z
 
     def lars_job(meta: dict[str, Any]) -> Any:
-        if not is_lars(meta):
+        if not has_z(meta):
             raise UserError(
                 f"--checkpoint {checkpoint}: prior {meta.get('prior')!r} has no normalising "
-                f"constant Z to estimate (only {', '.join(LARS_PRIORS)} do)"
+                f"constant Z to estimate (only {', '.join(LARS_PRIORS)} and resampled "
+                "outputs do)"
             )
         return job(meta) if job is not None else None
 
@@ -368,8 +369,10 @@ def estimate_z(
         raise UserError(f"--num-shards: expected an integer >= 1, got {num_shards}")
     if not 0 <= shard < num_shards:
         raise UserError(f"--shard: expected an integer in [0, {num_shards - 1}], got {shard}")
+    from .models import z_holder
+
     model, ckpt = _lars_model(checkpoint, device, lambda meta: memory.z_job(meta, ecfg, device))
-    prior = model.top_prior
+    prior = z_holder(model)
     if (
         ecfg.z_antithetic
         and getattr(prior.proposal, "symmetric", False)
@@ -563,9 +566,12 @@ def evaluate(
 ) -> dict[str, Any]:
     """IWAE test NLL with ``ecfg.iwae_k`` samples; LARS priors use the Z of ``z``."""
     from . import memory
-    from .checkpoint import is_lars
+    from .checkpoint import has_z
     from .data.loaders import eval_tensor
     from .evaluation import elbo_terms, nll_summary
+    from .models import z_holder
+    from .models.resampled_outputs import ResampledOutputsVAE
+    from .models.resampled_outputs import nll_summary as outputs_nll_summary
 
     n_test = _split_size(dataset_file, "test")
     model, ckpt = load_checked(
@@ -578,20 +584,21 @@ def evaluate(
             f"--dataset-file {dataset_file}: not the data {checkpoint} was trained on (sha256 "
             f"{data_sha[:12]}... vs {str(meta['dataset_sha256'])[:12]}... in its meta)"
         )
-    lars = is_lars(meta)
+    lars = has_z(meta)
     z_est = None
     if lars:
         if z is None:
             raise UserError(f"--z: required for a {meta.get('prior')!r} checkpoint")
         z_est = read_z(z, checkpoint)
-        model.top_prior.set_log_z(float(z_est.log_mean))
+        z_holder(model).set_log_z(float(z_est.log_mean))
     elif z is not None:
         raise UserError(f"--z {z}: prior {meta.get('prior')!r} has no Z to install")
     x = eval_tensor(load_dataset(dataset_file), "test", device)
     if ecfg.test_subset is not None:
         x = x[: ecfg.test_subset]
     t0 = time.perf_counter()
-    summary = nll_summary(
+    outputs = isinstance(model, ResampledOutputsVAE)  # IWAE log pi(x) + the log-term
+    summary = (outputs_nll_summary if outputs else nll_summary)(
         model,
         x,
         k=ecfg.iwae_k,
@@ -614,7 +621,7 @@ def evaluate(
         "device": str(device),
     }
     if lars:
-        prior = model.top_prior
+        prior = z_holder(model)
         # proposals per accepted sample (1 - (1-Z)^T) / Z, and accepted / proposed
         mean_prop = float(prior.expected_num_proposals())
         result.update(
@@ -643,17 +650,23 @@ def sample_grid(
 
     from . import memory
     from .distributions import ResampledPrior
+    from .models.resampled_outputs import ResampledOutputsVAE
 
     if n < 1:
         raise UserError(f"--n: expected an integer >= 1, got {n}")
     model, _ = load_checked(checkpoint, device, lambda meta: memory.sample_job(meta, n, device))
     torch.manual_seed(derive_seed(seed, SAMPLE_TAG))
     with torch.no_grad():
-        prior = model.top_prior
-        z_top = prior.sample(n)
-        if isinstance(prior, ResampledPrior):
-            z_top = z_top[torch.argsort(prior.acceptance(z_top), descending=True)]
-        x = model.decode(z_top).float().cpu().view(-1, 1, 28, 28)
+        if isinstance(model, ResampledOutputsVAE):  # exact binary samples of p_T(x), by a(x)
+            x = model.sample(n)
+            x = x[torch.argsort(model.resampler.acceptance(x), descending=True)]
+        else:
+            prior = model.top_prior
+            z_top = prior.sample(n)
+            if isinstance(prior, ResampledPrior):
+                z_top = z_top[torch.argsort(prior.acceptance(z_top), descending=True)]
+            x = model.decode(z_top)
+        x = x.float().cpu().view(-1, 1, 28, 28)
     with atomic_write(out, "wb") as fh:
         save_image(x, fh, nrow=max(1, math.ceil(math.sqrt(n))), format="png")
 
@@ -721,6 +734,20 @@ def z_convergence(z_files: dict[str, PathLike], out: PathLike) -> None:
     plot_z_convergence(curves, out)
 
 
+def _rank_outputs(
+    checkpoint: PathLike, out_dir: PathLike, n: int, seed: int, device: Any
+) -> dict[str, Any]:
+    """Figure D.9: n decoded samples x ~ pi(x) of a model with resampled outputs, by a(x)."""
+    from .models.resampled_outputs import write_output_ranking
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UserError(f"--n: expected an integer >= 1, got {n!r}")
+    model, ckpt = load_checked(checkpoint, device)
+    extra = {k: ckpt["meta"].get(k) for k in ("dataset", "arch", "prior", "mode", "seed")}
+    extra.update(checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint))
+    return write_output_ranking(model, out_dir, n=n, seed=seed, extra=extra)
+
+
 def rank(
     checkpoint: PathLike,
     out_dir: PathLike,
@@ -739,20 +766,23 @@ def rank(
     from .checkpoint import check_size, load_checkpoint
     from .ranking import rank_checkpoint
 
+    ckpt = load_checkpoint(existing_file(checkpoint, "--checkpoint"))
     if isinstance(n, int) and n >= 1:  # rank_checkpoint words the error otherwise
-        ckpt = load_checkpoint(existing_file(checkpoint, "--checkpoint"))
         check_size(ckpt, checkpoint)
         est = memory.rank_job(ckpt["meta"], n, device)
         memory.require(est, device, f"rank --checkpoint {checkpoint}")
-    summary = rank_checkpoint(
-        checkpoint,
-        out_dir,
-        n=n,
-        seed=seed,
-        threshold=threshold,
-        accepted_only=accepted_only,
-        device=device,
-    )
+    if ckpt["meta"].get("arch") in OUTPUT_LARS_ARCHS:  # Figure D.9: decoded x ranked by a(x)
+        summary = _rank_outputs(checkpoint, out_dir, n, seed, device)
+    else:
+        summary = rank_checkpoint(
+            checkpoint,
+            out_dir,
+            n=n,
+            seed=seed,
+            threshold=threshold,
+            accepted_only=accepted_only,
+            device=device,
+        )
     if figures_dir is not None:
         Path(figures_dir).mkdir(parents=True, exist_ok=True)
         for name in ("grid.png", "acceptance.png", "summary.json"):

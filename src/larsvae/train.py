@@ -120,9 +120,10 @@ def _cuda_index(device: torch.device) -> int:
 
 
 def current_log_z(model: torch.nn.Module) -> float:
-    """The LARS running log <Z> (Algorithm 1), or NaN for priors without one."""
-    prior = getattr(model, "top_prior", None)
-    log_z = getattr(prior, "log_z", None)
+    """The LARS running log <Z> (Algorithm 1), or NaN for models without one."""
+    from .models import z_holder
+
+    log_z = getattr(z_holder(model), "log_z", None)
     if isinstance(log_z, torch.Tensor):
         return float(log_z.detach().double().cpu())
     return math.nan

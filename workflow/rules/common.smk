@@ -10,7 +10,8 @@ from snakemake.utils import validate
 
 from larsvae import config as lconfig
 from larsvae.data.sources import export_mirrors
-from larsvae.paths import Layout, dataset_file, fill, manifest_file, verified_file
+from larsvae.paths import (Layout, dataset_file, fill, labels_file, manifest_file,
+                           verified_file)
 
 REPO = Path(workflow.basedir).resolve()
 # Every job's shell: strict mode, this interpreter's bin/ first on PATH (so `python` and
@@ -110,9 +111,9 @@ def verified(wildcards):
 
 
 def posthoc_init(wildcards):
-    """Post-hoc LARS (any variant) starts from the standard-prior checkpoint of the same
-    dataset, architecture and seed."""
-    return L.model(**{**dict(wildcards.items()), "prior": "gaussian", "mode": "standard"})
+    """Post-hoc LARS starts from the standard-prior checkpoint of the same dataset, arch,
+    seed and VAE (larsvae.config.Params.posthoc_init)."""
+    return L.model(**P.posthoc_init(cell_of(wildcards, mode="posthoc")).wildcards())
 
 
 class Wildcards(dict):
@@ -131,7 +132,7 @@ def evaluate_inputs(wildcards):
     """Checkpoint + data, plus z.json for LARS priors only (others need no Z)."""
     inputs = {"model": L.model(**wildcards), "data": dataset_file(wildcards.dataset),
               "verified": verified_file(wildcards.dataset)}
-    if cell_of(wildcards).is_lars:
+    if cell_of(wildcards).needs_z:
         inputs["z"] = L.z(**wildcards)
     return inputs
 
@@ -147,7 +148,7 @@ def sample_count(wildcards):
 def _cell_files(c):
     w = c.wildcards()
     step = "train_posthoc" if c.mode == "posthoc" else "train"
-    return dict(vars(c), nll=L.nll(**w), z=L.z(**w) if c.is_lars else None,
+    return dict(vars(c), nll=L.nll(**w), z=L.z(**w) if c.needs_z else None,
                 curve=L.curve(**w), manifest=manifest_file(c.dataset),
                 model=P.step_params(step, c)["model"])
 
@@ -166,8 +167,17 @@ def report_inputs(wildcards):
     return _result_inputs(P.main_cells)
 
 
+# Figures D.10-D.14 (VAEs with a 2-D latent space): label -> cell; Tables D.1-D.5 use the rest
+LATENT2D = P.latent2d_cells()
+TABLE_CELLS = [c for c in P.cells if c not in LATENT2D.values()]
+LATENT2D_DIR = L.appendix("latent2d")
+LATENT2D_FILES = {k: f"{LATENT2D_DIR}/{f}" for k, f in (
+    ("densities", "fig_latent2d_densities.png"), ("aggregate", "fig_latent2d_aggregate.png"),
+    ("scatter", "fig_latent2d_scatter.png"), ("table", "table_latent2d.md"))}
+
+
 def appendix_inputs(wildcards):
-    return _result_inputs(P.cells)
+    return _result_inputs(TABLE_CELLS)
 
 
 def _spec(cells):
@@ -178,12 +188,12 @@ def _spec(cells):
         steps = ["train_posthoc" if c.mode == "posthoc" else "train", "evaluate"]
         if c.variant != lconfig.BASE:
             steps = steps[1:]
-        steps += ["estimate_z"] if c.is_lars else []
+        steps += ["estimate_z"] if c.needs_z else []
         b = budget.setdefault(c.dataset, {})
         for step in steps:
             for section, values in P.step_params(step, c).items():
                 b.setdefault(section, {}).update(values)
-        if c.is_lars:
+        if c.needs_z:
             b["evaluate"]["z_shards"] = P.section("evaluate", c.dataset).z_shards
     spec = {"name": P.name, "seeds": list(P.seeds), "budget": budget,
             "cells": [_cell_files(c) for c in cells]}
@@ -195,13 +205,30 @@ def report_spec(wildcards):
 
 
 def appendix_spec(wildcards):
-    return _spec(P.cells)
+    return _spec(TABLE_CELLS)
+
+
+def latent2d_inputs(wildcards):
+    """The 2-D latent cells' checkpoints and Z files, the training data and its labels."""
+    return {"models": [L.model(**c.wildcards()) for c in LATENT2D.values()],
+            "z": [L.z(**c.wildcards()) for c in LATENT2D.values() if c.is_lars],
+            "data": dataset_file("dynamic_mnist"), "labels": labels_file("dynamic_mnist")}
+
+
+def latent2d_args(wildcards):
+    """--model LABEL=CKPT ... --z LABEL=z.json ... of the 2-D latent cells."""
+    args = [f"--model {shlex.quote(f'{k}={L.model(**c.wildcards())}')}" for k, c in LATENT2D.items()]
+    args += [f"--z {shlex.quote(f'{k}={L.z(**c.wildcards())}')}" for k, c in LATENT2D.items()
+             if c.is_lars]
+    return " ".join(args)
 
 
 # Figure A.2 and Figures D.5-D.8 use the base LARS cells of dynamicMNIST (joint and post-hoc)
 FIGURE_CELLS = [c for c in P.cells if c.is_lars and c.variant == lconfig.BASE
                 and c.dataset == "dynamic_mnist" and c.prior == "lars"]
-APPENDIX = {f"d{t}": L.appendix(f"table_d{t}.md") for t in ("1", "2", "3", "45")}
+# Figure D.9: decoded samples of the resampled-outputs cells ranked by a(x)
+RANKED_CELLS = FIGURE_CELLS + [c for c in P.cells if c.arch in lconfig.OUTPUT_LARS_ARCHS]
+APPENDIX = {f"d{t}": L.appendix(f"table_d{t}.md") for t in ("1", "2", "3", "45", "6")}
 Z_CONVERGENCE = L.appendix("fig_a2_z_convergence.png")
 
 
@@ -225,8 +252,9 @@ RANKING_RUN = L.ranking_run()
 def appendix_targets():
     """Tables D.1-D.5; Figure A.2 and Figures D.5-D.8 when the budget has base LARS cells on
     dynamicMNIST."""
-    ranked = [fill(f"{RANKING}/grid.png", **c.wildcards()) for c in FIGURE_CELLS]
-    return list(APPENDIX.values()) + ([Z_CONVERGENCE] if FIGURE_CELLS else []) + ranked
+    ranked = [fill(f"{RANKING}/grid.png", **c.wildcards()) for c in RANKED_CELLS]
+    latent = list(LATENT2D_FILES.values()) if LATENT2D else []
+    return list(APPENDIX.values()) + ([Z_CONVERGENCE] if FIGURE_CELLS else []) + ranked + latent
 
 
 def _cell_targets(cells):
@@ -236,7 +264,7 @@ def _cell_targets(cells):
     for c in cells:
         w = c.wildcards()
         out += [L.sample_grid(**w), L.model(**w), L.curve(**w), L.nll(**w)]
-        if c.is_lars:
+        if c.needs_z:
             out += [L.z(**w)] + z_shards(Wildcards(w))
     return out
 

@@ -34,3 +34,24 @@ rule check_data:
         runtime=10,
     shell:
         "larsvae check-data --dataset-file {input.npz:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule prepare_labels:
+    """Class labels beside the prepared npz (Figures D.10-D.14 colour the latent codes by
+    digit), read from the same checksummed source and checked against the npz's images."""
+    input:
+        npz=dataset_file(),
+        verified=verified_file(),
+    output:
+        labels_file(),
+    log:
+        "logs/prepare_labels/{dataset}.log",
+    conda:
+        "../envs/larsvae.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "larsvae prepare-labels --dataset {wildcards.dataset} --dataset-file {input.npz:q}"
+        " --out {output:q} > {log:q} 2>&1"

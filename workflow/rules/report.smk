@@ -133,3 +133,31 @@ rule rank:
         " --checkpoint {input:q} --n {params.n} --seed {wildcards.seed}"
         " --out-dir \"$(dirname {output.samples:q})\" --figures-dir \"$(dirname {output.grid:q})\""
         " > {log:q} 2>&1"
+
+
+rule latent2d:
+    """Figures D.10-D.14 and their KL table: aggregate posterior, proposal, a(z) and prior of
+    the VAEs with a 2-D latent space (standard, joint LARS large / small a(z), post-hoc)."""
+    input:
+        unpack(latent2d_inputs),
+    output:
+        **{k: report(v, caption="../report/latent2d.rst", category="Appendix D")
+           for k, v in LATENT2D_FILES.items()},
+    log:
+        f"{P.runs}/logs/latent2d.log",
+    params:
+        models=latent2d_args,
+        grid=P.top["report"]["latent2d_grid"],
+        seed=P.seeds[0],
+        budget=P.name,
+    conda:
+        "../envs/larsvae.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "OMP_NUM_THREADS={threads} larsvae latent2d --threads {threads} --device cpu"
+        " {params.models} --dataset-file {input.data:q} --labels-file {input.labels:q}"
+        " --grid {params.grid} --seed {params.seed} --budget {params.budget}"
+        " --out-dir \"$(dirname {output.table:q})\" > {log:q} 2>&1"
