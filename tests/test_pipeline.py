@@ -695,6 +695,8 @@ def _readers(key: str) -> set[str]:
         return {f"rank:{_J}", f"rank:{_P}", f"rank:{_RX}"}
     if key == "report.latent2d_grid":
         return {"latent2d"}
+    if key.startswith("report.mog_"):
+        return {"mog2d"}
     if key == "name":
         return {"report", "appendix_tables", "latent2d"}
     if key == "data.mirrors":  # where the data come from is not a parameter of the result

@@ -21,6 +21,8 @@ status 2 (a diverged training run: status 1), never a traceback.
     larsvae rank         --checkpoint CKPT --out-dir DIR [--n 10000] [--seed S]
                          [--threshold A] [--accepted-only] [--figures-dir DIR]   (Figs. D.5-D.8)
     larsvae z-convergence --z LABEL=z.json ... --out fig.png    (Figure A.2)
+    larsvae mog2d        --table T.md --figure F.png [--steps 10000] [--seed 0]
+                         [--z-samples S] [--test-samples N]   (Figs. 2, D.3, D.4)
     larsvae prepare-labels --dataset D --dataset-file F.npz --out F.labels.npz
     larsvae latent2d     --model LABEL=CKPT ... [--z LABEL=z.json ...] --dataset-file F.npz
                          --labels-file L.npz --out-dir DIR [--grid 200]   (Figs. D.10-D.14)
@@ -209,6 +211,20 @@ def cmd_z_convergence(a: argparse.Namespace) -> None:
     steps.z_convergence(_labelled(a.z, "--z"), a.out)
 
 
+def cmd_mog2d(a: argparse.Namespace) -> None:
+    from . import steps
+
+    steps.mog2d(
+        a.table,
+        a.figure,
+        steps=a.steps,
+        seed=a.seed,
+        z_samples=a.z_samples,
+        test_samples=a.test_samples,
+        progress=not a.no_progress,
+    )
+
+
 def cmd_prepare_labels(a: argparse.Namespace) -> None:
     from . import steps
 
@@ -369,6 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a reduced z.json and its label (repeatable)",
     )
     zc.add_argument("--out", required=True)
+
+    mg = command("mog2d", cmd_mog2d, "Figs. 2, D.3, D.4: LARS on a 2-D mixture of Gaussians")
+    mg.add_argument("--table", required=True, help="Markdown table of KL(q || p) and Z")
+    mg.add_argument("--figure", required=True, help="PNG: target, proposal, a(z), density")
+    mg.add_argument("--steps", type=int, default=10_000, help="Adam steps per model")
+    mg.add_argument("--seed", type=int, default=0)
+    mg.add_argument("--z-samples", type=int, default=1 << 22, help="S of each final Z")
+    mg.add_argument("--test-samples", type=int, default=200_000, help="q samples of the KLs")
 
     lb = command("prepare-labels", cmd_prepare_labels, "class labels beside a prepared npz", False)
     lb.add_argument("--dataset", required=True, choices=DATASETS)

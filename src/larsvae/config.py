@@ -167,6 +167,28 @@ class ReportConfig:
     rank_samples: int = _key(
         10_000, "report", "proposal samples ranked by a(z) (Figs. D.5-D.8)", lo=1, hi=10_000_000
     )
+    mog_steps: int = _key(
+        10_000,
+        "report",
+        "Adam steps per model of the 2-D mixture (Figs. 2, D.3, D.4)",
+        lo=1,
+        hi=10_000_000,
+    )
+    mog_seed: int = _key(0, "report", "seed of the 2-D mixture experiment", lo=0, hi=SEED_MAX)
+    mog_z_samples: int = _key(
+        1 << 22,
+        "report",
+        "proposal samples of each 2-D mixture model's final Z",
+        lo=2,
+        hi=10_000_000_000,
+    )
+    mog_test_samples: int = _key(
+        200_000,
+        "report",
+        "target samples of the KL(q || p) estimates (2-D mixture)",
+        lo=2,
+        hi=100_000_000,
+    )
     latent2d_grid: int = _key(
         200,
         "report",
@@ -323,6 +345,7 @@ STEPS = (
     "evaluate",
     "sample",
     "toy2d",
+    "mog2d",
     "rank",
     "latent2d",
 )
@@ -345,6 +368,7 @@ def step_keys(step: str, prior: str = "gaussian", arch: str = "vae") -> dict[str
         "evaluate": {"evaluate": _group_keys(EvalConfig, ("iwae",))},
         "sample": {"report": ("samples",)},
         "toy2d": {"report": ("toy2d_steps", "toy2d_seed")},
+        "mog2d": {"report": ("mog_steps", "mog_seed", "mog_z_samples", "mog_test_samples")},
         "rank": {"report": ("rank_samples",)},
         "latent2d": {"report": ("latent2d_grid",)},
     }

@@ -807,6 +807,31 @@ def toy2d(out: PathLike, steps: int, seed: int, *, progress: bool = True) -> dic
 # -- Appendix D, part 2 ----------------------------------------------------------------------
 
 
+def mog2d(
+    out_table: PathLike,
+    out_figure: PathLike,
+    *,
+    steps: int,
+    seed: int,
+    z_samples: int,
+    test_samples: int,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Figures 2 / D.3 / D.4: LARS, RealNVP and LARS over RealNVP fitted to a 2-D mixture of
+    Gaussians with KL(q || N(0, I)) = 1.8; the KL(q || p) and Z table and the figure."""
+    from .toy2d import mog_experiment
+
+    return mog_experiment(
+        Path(out_table),
+        Path(out_figure),
+        steps=steps,
+        seed=seed,
+        z_samples=z_samples,
+        test_samples=test_samples,
+        progress=progress,
+    )
+
+
 def prepare_labels(dataset: str, dataset_file: PathLike, out: PathLike) -> str:
     """The class labels of ``dataset`` beside its prepared npz (never inside it: that would
     change its hash and every checkpoint's provenance), aligned with and checked against
@@ -853,6 +878,7 @@ __all__ = [
     "estimate_z",
     "evaluate",
     "latent2d",
+    "mog2d",
     "posthoc_model",
     "prepare_labels",
     "prepare_data",

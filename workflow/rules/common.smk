@@ -254,7 +254,9 @@ def appendix_targets():
     dynamicMNIST."""
     ranked = [fill(f"{RANKING}/grid.png", **c.wildcards()) for c in RANKED_CELLS]
     latent = list(LATENT2D_FILES.values()) if LATENT2D else []
-    return list(APPENDIX.values()) + ([Z_CONVERGENCE] if FIGURE_CELLS else []) + ranked + latent
+    mog = [L.appendix("mog2d/table_mog2d.md"), L.appendix("mog2d/fig_mog2d.png")]
+    return (list(APPENDIX.values()) + ([Z_CONVERGENCE] if FIGURE_CELLS else []) + ranked
+            + latent + mog)
 
 
 def _cell_targets(cells):

@@ -161,3 +161,31 @@ rule latent2d:
         " {params.models} --dataset-file {input.data:q} --labels-file {input.labels:q}"
         " --grid {params.grid} --seed {params.seed} --budget {params.budget}"
         " --out-dir \"$(dirname {output.table:q})\" > {log:q} 2>&1"
+
+
+rule mog2d:
+    """Figures 2 / D.3 / D.4: LARS (a = MLP[10], MLP[10-10]; T = 100, inf), RealNVP and LARS
+    over a joint RealNVP fitted to a 2-D mixture of Gaussians; KL(q || p) and Z table."""
+    output:
+        table=report(L.appendix("mog2d/table_mog2d.md"), caption="../report/mog2d.rst",
+                     category="Appendix D"),
+        figure=report(L.appendix("mog2d/fig_mog2d.png"), caption="../report/mog2d.rst",
+                      category="Appendix D"),
+    log:
+        f"{P.runs}/logs/mog2d.log",
+    params:
+        steps=P.top["report"]["mog_steps"],
+        seed=P.top["report"]["mog_seed"],
+        z_samples=P.top["report"]["mog_z_samples"],
+        test_samples=P.top["report"]["mog_test_samples"],
+    conda:
+        "../envs/larsvae.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "OMP_NUM_THREADS={threads} larsvae mog2d --threads {threads} --device cpu"
+        " --steps {params.steps} --seed {params.seed} --z-samples {params.z_samples}"
+        " --test-samples {params.test_samples} --table {output.table:q}"
+        " --figure {output.figure:q} > {log:q} 2>&1"
