@@ -402,7 +402,38 @@ def _setup_bad_input_files(root: Path) -> dict[str, Path]:
         rc, err = cli_in_process(args)
         assert rc == 0, err
     _setup_limit_files(root, f)
+    _setup_planted_mirrors(root, f)
     return f
+
+
+#: the real Fashion-MNIST mirror folder, if this machine has one (CI: ../shared/datasets)
+REAL_FASHION = (
+    Path((os.environ.get("LARSVAE_DATA_MIRRORS") or "/nonexistent").split(":")[0]) / "fashion_mnist"
+)
+PLANTED = "t10k-labels-idx1-ubyte"  # the real file is 10,008 bytes (4,422 as .gz)
+
+
+def _setup_planted_mirrors(root: Path, f: dict[str, Path]) -> None:
+    """Two copies of the real Fashion-MNIST mirror with the test labels file replaced: by a
+    gzip bomb (64 KB inflating to 64 MB) and by a 6 GB sparse file with the right name."""
+    import zlib
+
+    if not REAL_FASHION.is_dir():
+        return
+    for name in ("mirror_gzip_bomb", "mirror_oversized"):
+        folder = root / name / "fashion_mnist"
+        folder.mkdir(parents=True)
+        for g in REAL_FASHION.glob("*.gz"):
+            if not g.name.startswith(PLANTED):
+                shutil.copy(g, folder / g.name)
+        f[name] = root / name
+    c = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    with open(root / "mirror_gzip_bomb" / "fashion_mnist" / f"{PLANTED}.gz", "wb") as fh:
+        for _ in range(64):
+            fh.write(c.compress(bytes(1 << 20)))
+        fh.write(c.flush())
+    with open(root / "mirror_oversized" / "fashion_mnist" / PLANTED, "wb") as fh:
+        fh.truncate(6 << 30)
 
 
 def _setup_limit_files(root: Path, f: dict[str, Path]) -> None:
@@ -722,6 +753,35 @@ def bad_input_cases(root: Path, f: dict[str, Path]) -> list[BadInput]:
             rc_expected=1,
             allowed_leftovers=("model.pt.resume.pt",),
             nan_at_step=NAN_AT_STEP,
+        ),
+    ] + _planted_mirror_cases(case, f)
+
+
+def _planted_mirror_cases(case, f: dict[str, Path]) -> list[BadInput]:
+    """prepare-data from a planted mirror only (no environment mirrors, no downloads)."""
+
+    def prepare(mirror):
+        return lambda o: ["prepare-data", "--dataset", "fashion_mnist", "--out-dir", str(o)] + [
+            "--mirror", str(mirror), "--no-download", "--no-registry",
+        ]  # fmt: skip
+
+    if "mirror_gzip_bomb" not in f:
+        return []
+    only_planted = {"LARSVAE_DATA_MIRRORS": ""}
+    return [
+        case(
+            "mirror_gzip_bomb",
+            "a gzip bomb in a mirror (64 KB inflating to 64 MB, named like a 10 KB file)",
+            prepare(f["mirror_gzip_bomb"]),
+            [f"{PLANTED}.gz", "gzip bomb", "10,008"],
+            env=only_planted,
+        ),
+        case(
+            "mirror_oversized",
+            "a 6 GB file with a real file's name in a mirror",
+            prepare(f["mirror_oversized"]),
+            [PLANTED, "6,442,450,944 bytes, more than the real file's"],
+            env=only_planted,
         ),
     ]
 
