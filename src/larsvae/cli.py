@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     l2.add_argument("--dataset-file", required=True)
     l2.add_argument("--labels-file", required=True)
     l2.add_argument("--out-dir", required=True)
-    l2.add_argument("--grid", type=int, default=200, help="grid points per axis")
+    l2.add_argument("--grid", type=int, default=300, help="grid points per axis on [-6, 6]^2")
     l2.add_argument("--seed", type=int, default=0)
     l2.add_argument("--budget", default="", help="the budget named in the table's header")
     return p

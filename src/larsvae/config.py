@@ -190,9 +190,9 @@ class ReportConfig:
         hi=100_000_000,
     )
     latent2d_grid: int = _key(
-        200,
+        300,
         "report",
-        "grid points per axis of the 2-D latent figures (D.10-D.14)",
+        "grid points per axis on [-6, 6]^2 of the 2-D latent figures (D.10-D.14)",
         lo=10,
         hi=2000,
     )

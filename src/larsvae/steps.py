@@ -848,7 +848,7 @@ def latent2d(
     labels_file: PathLike,
     out_dir: PathLike,
     *,
-    grid: int = 200,
+    grid: int = 300,
     seed: int = 0,
     budget: str = "",
 ) -> dict[str, Any]:
