@@ -143,3 +143,73 @@ def test_parse_params_applies_overrides_per_dataset_and_lists_cells():
     raw["overrides"]["omniglot"] = {"model": {"truncation": 0}}
     with pytest.raises(C.ConfigError, match=r"^overrides\.omniglot\.model\.truncation"):
         C.parse_params(raw)
+
+
+def _two_d_params(variants):
+    raw = {
+        "name": "t",
+        "paths": {"runs": "runs/t", "reports": "reports/t"},
+        "seeds": [3],
+        **{name: {} for name in C.SECTIONS},
+        "variants": variants,
+        "experiments": [
+            {
+                "datasets": ["dynamic_mnist"],
+                "archs": ["vae"],
+                "runs": [
+                    {"prior": "gaussian", "mode": "standard", "variant": "z2"},
+                    {"prior": "lars", "mode": "standard", "variant": "z2"},
+                    {"prior": "lars", "mode": "standard", "variant": "z2small"},
+                    {"prior": "lars", "mode": "posthoc", "variant": "z2"},
+                    {"prior": "lars", "mode": "posthoc", "variant": "z2small"},
+                    {"prior": "lars", "mode": "posthoc", "variant": "t2"},
+                    {"prior": "lars", "mode": "standard"},
+                ],
+            }
+        ],
+    }
+    return C.parse_params(raw)
+
+
+def test_posthoc_starts_from_the_standard_cell_with_the_same_vae():
+    p = _two_d_params(
+        {
+            "z2": {"latent_dim": 2},
+            "z2small": {"latent_dim": 2, "acceptance_hidden": [10, 10]},
+            "t2": {"truncation": 2},
+        }
+    )
+
+    def init(variant):
+        c = p.posthoc_init(C.Cell("dynamic_mnist", "vae", "lars", "posthoc", 3, variant))
+        assert (c.dataset, c.arch, c.prior, c.mode, c.seed) == (
+            "dynamic_mnist", "vae", "gaussian", "standard", 3,
+        )  # fmt: skip
+        return c.variant
+
+    assert init("t2") == C.BASE  # prior keys only: the base VAE
+    assert init("z2") == "z2"
+    assert init("z2small") == "z2"  # the pure VAE variant with the same latent_dim
+    # without a pure VAE variant, a variant that changes the VAE starts from its own
+    p = _two_d_params(
+        {"z2": {"latent_dim": 2, "eps": 0.5}, "z2small": {"latent_dim": 2}, "t2": {"truncation": 2}}
+    )
+    assert init("z2") == "z2small" and init("z2small") == "z2small"
+
+
+def test_latent2d_cells_are_labelled_by_mode_and_the_size_of_a():
+    p = _two_d_params(
+        {
+            "z2": {"latent_dim": 2},
+            "z2small": {"latent_dim": 2, "acceptance_hidden": [10, 10]},
+            "t2": {"truncation": 2},
+        }
+    )
+    got = {k: (c.tag, c.mode) for k, c in p.latent2d_cells().items()}
+    assert got == {
+        "standard": ("gaussian-z2", "standard"),
+        "joint (large a)": ("lars-z2", "standard"),
+        "joint (small a)": ("lars-z2small", "standard"),
+        # the first 2-D post-hoc cell in params order
+        "post-hoc": ("lars-z2", "posthoc"),
+    }

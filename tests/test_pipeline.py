@@ -112,10 +112,12 @@ def test_params_files_validate_and_build_every_cell(budget, tmp_path):
             .get("z_shards", cfg["evaluate"]["z_shards"])
         )
         expect = {lay.z_shard(**c, shard=i, nshards=n) for i in range(n)}
-        lars = c["prior"].split("-")[0] in lconfig.LARS_PRIORS
-        assert shards == (expect if lars else set())
-        if c["mode"] == "posthoc":  # post-hoc LARS needs the standard-prior checkpoint of its cell
-            assert lay.model(**{**c, "prior": "gaussian", "mode": "standard"}) in outs
+        has_z = lconfig.Cell.from_wildcards(c).needs_z  # LARS priors, resampled outputs
+        assert shards == (expect if has_z else set())
+        if c["mode"] == "posthoc":  # post-hoc LARS needs the standard-prior model of its VAE
+            init = lconfig.parse_params(cfg).posthoc_init(lconfig.Cell.from_wildcards(c))
+            assert init.prior == "gaussian" and init.mode == "standard"
+            assert lay.model(**init.wildcards()) in outs
     assert {lay.report(f) for f in ("table1.md", "metrics.json", "main.md")} <= outs
     runs_or_data = (lay.runs + "/", lconfig_paths.DATA + "/", lay.reports + "/")
     assert all(o.startswith(runs_or_data) for o in outs), sorted(outs)[:5]

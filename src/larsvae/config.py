@@ -646,11 +646,11 @@ class Params:
 
         out: dict[str, Cell] = {}
         joint = sorted((c for c in cells if c.is_lars and c.mode == "standard"), key=a_size)
-        for c in cells:
+        for c in cells:  # the first of each in params order
             if not c.is_lars:
-                out["standard"] = c
+                out.setdefault("standard", c)
             elif c.mode == "posthoc":
-                out["post-hoc"] = c
+                out.setdefault("post-hoc", c)
         if joint:
             out["joint (large a)"] = joint[-1]
         if len(joint) > 1:
