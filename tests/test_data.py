@@ -360,3 +360,13 @@ def test_unreachable_canonical_urls_fail_fast(monkeypatch):
     t = time.monotonic()
     assert r._from_url(spec) is None
     assert time.monotonic() - t < 5 and r.failures
+
+
+@needs_mirror
+@pytest.mark.parametrize("key", ["images_background", "images_evaluation"])
+def test_the_real_omniglot_npz_passes_the_size_checks(key):
+    """The mirror's .npz holds the images and one int64 label per image: its members'
+    declared sizes must fit the zip-bomb cap (they once did not, and Omniglot could not be
+    prepared from the mirror)."""
+    raw = (MIRROR / "omniglot" / f"{key}.npz").read_bytes()
+    assert verify(key, f"{key}.npz", raw).sha256 == SHA256[key]
