@@ -193,14 +193,32 @@ def _mosaic(x: np.ndarray, pad: int = 2) -> np.ndarray:
     return out
 
 
-def plot_grids(r: Ranked, out_png: PathLike, k: int = 25, seed: int = 0) -> None:
+#: what a ranking scores: the proposal's latents (Figs. D.5-D.8) by default
+PROPOSAL_SAMPLES = (
+    "z",
+    "Decoded proposal samples z ~ pi ranked by a(z)",
+    "proposal samples z ~ pi",
+    "Bernoulli means of p(x|z)",
+)
+
+
+def plot_grids(
+    r: Ranked,
+    out_png: PathLike,
+    k: int = 25,
+    seed: int = 0,
+    scored: tuple[str, str, str, str] = PROPOSAL_SAMPLES,
+) -> None:
     """Three image grids side by side: the k highest a(z), k random, the k lowest.
 
     Each grid reads row-major in decreasing a(z); its title gives the a(z) range it spans.
-    Pixels are the decoder's Bernoulli means (0 black, 1 white; white gaps between images).
-    Panels are chosen by :func:`panel_indices`. Written atomically
+    Pixels are ``r.x`` (0 black, 1 white; white gaps between images): for proposal samples
+    the decoder's Bernoulli means. Panels are chosen by :func:`panel_indices`. ``scored``:
+    (the acceptance's variable, the title, the samples' name, what the pixels are), e.g.
+    the resampled outputs' ("x", ...) for Fig. D.9. Written atomically
     (``larsvae.reports.figures.save_png``).
     """
+    var, title, _, pixels = scored
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,19 +227,17 @@ def plot_grids(r: Ranked, out_png: PathLike, k: int = 25, seed: int = 0) -> None
     from .reports.figures import save_png
 
     panels = panel_indices(r, k, seed)
-    titles = {"highest": "highest a(z)", "random": "random", "lowest": "lowest a(z)"}
+    a = f"a({var})"
+    titles = {"highest": f"highest {a}", "random": "random", "lowest": f"lowest {a}"}
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.8), layout="constrained")
     for ax, (name, idx) in zip(axes, panels.items(), strict=True):
         lo, hi = r.log_a[idx].min(), r.log_a[idx].max()
         ax.imshow(_mosaic(r.x[idx]), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-        ax.set_title(f"{len(idx)} {titles[name]}\na(z) in [{format_a(lo)}, {format_a(hi)}]")
+        ax.set_title(f"{len(idx)} {titles[name]}\n{a} in [{format_a(lo)}, {format_a(hi)}]")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_xlabel("row-major, a(z) decreasing")
-    fig.suptitle(
-        f"Decoded proposal samples z ~ pi ranked by a(z) (n = {r.n}, seed {r.seed}): "
-        f"Bernoulli means of p(x|z)"
-    )
+        ax.set_xlabel(f"row-major, {a} decreasing")
+    fig.suptitle(f"{title} (n = {r.n}, seed {r.seed}): {pixels}")
     save_png(fig, out_png, dpi=110)
 
 
@@ -240,13 +256,18 @@ def _log_median(log_a: np.ndarray) -> float:
     return float(np.logaddexp(s[n // 2 - 1], s[n // 2]) - math.log(2.0))
 
 
-def plot_sorted_acceptance(r: Ranked, out_png: PathLike) -> None:
+def plot_sorted_acceptance(
+    r: Ranked, out_png: PathLike, scored: tuple[str, str, str, str] = PROPOSAL_SAMPLES
+) -> None:
     """a(z) of all n samples in decreasing order against their rank, on a log axis.
 
     If some a(z) lies below float64's range (a = 0 after exp), log10 a(z) is plotted on a
     linear axis with 10^k tick labels instead, so those samples are still drawn. The dashed
-    line is the mean a(z), the Monte Carlo estimate of Z (Eq. 2).
+    line is the mean a(z), the Monte Carlo estimate of Z (Eq. 2). ``scored`` as for
+    :func:`plot_grids`.
     """
+    var, _, samples, _ = scored
+    a = f"a({var})"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,21 +280,20 @@ def plot_sorted_acceptance(r: Ranked, out_png: PathLike) -> None:
     log_z = _log_mean(r.log_a)
     rank = np.arange(1, r.n + 1)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    mean = f"mean {a} = {format_a(log_z)}"
     if log_y[-1] > _LOG_A_PLOTTABLE:  # every a(z) is a float64 > 0: a plain log axis
-        ax.plot(rank, np.exp(log_y), lw=1.2, label="a(z), sorted")
-        ax.axhline(
-            math.exp(log_z), color="C3", ls="--", lw=1, label=f"mean a(z) = {format_a(log_z)}"
-        )
+        ax.plot(rank, np.exp(log_y), lw=1.2, label=f"{a}, sorted")
+        ax.axhline(math.exp(log_z), color="C3", ls="--", lw=1, label=mean)
         ax.set_yscale("log")
     else:  # log10 a(z) on a linear axis labelled 10^k: no underflow to 0
-        ax.plot(rank, log_y / _LN10, lw=1.2, label="a(z), sorted")
-        ax.axhline(log_z / _LN10, color="C3", ls="--", lw=1, label=f"mean a(z) = {format_a(log_z)}")
+        ax.plot(rank, log_y / _LN10, lw=1.2, label=f"{a}, sorted")
+        ax.axhline(log_z / _LN10, color="C3", ls="--", lw=1, label=mean)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"$10^{{{int(round(v))}}}$"))
-    ax.set_xlabel("rank (1 = highest a(z))")
-    ax.set_ylabel("acceptance probability a(z) (log scale)")
+    ax.set_xlabel(f"rank (1 = highest {a})")
+    ax.set_ylabel(f"acceptance probability {a} (log scale)")
     ax.set_title(
-        f"a(z) of n = {r.n} proposal samples z ~ pi\n"
+        f"{a} of n = {r.n} {samples}\n"
         f"min {format_a(r.log_a.min())}, median {format_a(_log_median(r.log_a))}, "
         f"max {format_a(r.log_a.max())}",
         fontsize=10,

@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -438,63 +437,29 @@ def rank_outputs(model: ResampledOutputsVAE, n: int, seed: int):
     return Ranked(z=z.cpu().numpy(), log_a=log_a.numpy(), x=x.float().cpu().numpy(), seed=int(seed))
 
 
+#: what Fig. D.9 ranks (larsvae.ranking.plot_grids / plot_sorted_acceptance)
+DECODED_SAMPLES = (
+    "x",
+    "Binary samples x ~ pi(x) of the VAE ranked by the output acceptance a(x)",
+    "decoded samples x ~ pi(x)",
+    "the binary images a(x) scored",
+)
+
+
 def plot_output_grids(r, out_png, k: int = 25, seed: int = 0) -> None:
     """Fig. D.9 (left): the k decoded samples with the highest a(x), k random, the k lowest
     (:func:`larsvae.ranking.panel_indices`), each grid row-major in decreasing a(x)."""
-    import matplotlib
+    from larsvae.ranking import plot_grids
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from larsvae.ranking import _mosaic, format_a, panel_indices
-    from larsvae.reports.figures import save_png
-
-    panels = panel_indices(r, k, seed)
-    titles = {"highest": "highest a(x)", "random": "random", "lowest": "lowest a(x)"}
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.8), layout="constrained")
-    for ax, (name, idx) in zip(axes, panels.items(), strict=True):
-        lo, hi = r.log_a[idx].min(), r.log_a[idx].max()
-        ax.imshow(_mosaic(r.x[idx]), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-        ax.set_title(f"{len(idx)} {titles[name]}\na(x) in [{format_a(lo)}, {format_a(hi)}]")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_xlabel("row-major, a(x) decreasing")
-    fig.suptitle(
-        f"Binary samples x ~ pi(x) of the VAE ranked by the output acceptance a(x) "
-        f"(n = {r.n}, seed {r.seed})"
-    )
-    save_png(fig, out_png, dpi=110)
+    plot_grids(r, out_png, k, seed, scored=DECODED_SAMPLES)
 
 
 def plot_sorted_output_acceptance(r, out_png) -> None:
     """Fig. D.9 (right): a(x) of all n samples in decreasing order, log axis; the dashed
     line is their mean, the Monte Carlo estimate of Z = E_pi[a(x)]."""
-    import matplotlib
+    from larsvae.ranking import plot_sorted_acceptance
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from larsvae.ranking import _log_mean, _log_median, format_a
-    from larsvae.reports.figures import save_png
-
-    log_y = np.sort(r.log_a)[::-1]
-    log_z = _log_mean(r.log_a)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
-    # clip below float64's range: the curve then ends on the axis rather than vanishing
-    ax.plot(np.arange(1, r.n + 1), np.exp(np.maximum(log_y, -700.0)), lw=1.2, label="a(x), sorted")
-    ax.axhline(math.exp(log_z), color="C3", ls="--", lw=1, label=f"mean a(x) = {format_a(log_z)}")
-    ax.set_yscale("log")
-    ax.set_xlabel("rank (1 = highest a(x))")
-    ax.set_ylabel("acceptance probability a(x) (log scale)")
-    ax.set_title(
-        f"a(x) of n = {r.n} decoded samples x ~ pi(x)\n"
-        f"min {format_a(r.log_a.min())}, median {format_a(_log_median(r.log_a))}, "
-        f"max {format_a(r.log_a.max())}",
-        fontsize=10,
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_png(fig, out_png, dpi=110)
+    plot_sorted_acceptance(r, out_png, scored=DECODED_SAMPLES)
 
 
 def write_output_ranking(
