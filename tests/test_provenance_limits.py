@@ -71,7 +71,7 @@ def _with_meta(src: Path, dst: Path, **changes) -> Path:
 def _peak_script(body: str) -> str:
     """A subprocess that reports its peak RSS growth (bytes) over ``body`` and the estimate."""
     return (
-        "import resource, sys, json, torch\n"
+        "import sys, json, torch\n"
         "torch.set_num_threads(1)\n"
         "sys.path.insert(0, 'tests')\n"
         "from larsvae import memory, steps\n"
@@ -81,8 +81,18 @@ def _peak_script(body: str) -> str:
         "root = Path(sys.argv[1])\n"
         "data = make_tiny_dataset(root / 'data', n_train=512, n_eval=64)\n"
         "import torchvision, larsvae.train, larsvae.ranking, larsvae.models  # noqa\n"
-        "rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
-        "before = rss()\n" + body + "\nprint(json.dumps({'grew': rss() - before, 'est': est}))\n"
+        # the peak RSS from here on: reset the kernel's high-water mark (clear_refs 5), so an
+        # earlier transient peak (e.g. compiling a fresh clone's .py files) cannot hide it
+        "def status(key):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(key + ':'):\n"
+        "            return int(line.split()[1]) * 1024\n"
+        "def rss():\n"
+        "    with open('/proc/self/clear_refs', 'w') as f:\n"
+        "        f.write('5')\n"
+        "    return status('VmRSS')\n"
+        "before = rss()\n" + body + "\n"
+        "print(json.dumps({'grew': status('VmHWM') - before, 'est': est, 'before': before}))\n"
     )
 
 
