@@ -246,22 +246,37 @@ def nll_summary(
     log_px, sens = _iwae(
         model, x, k, batch_size, k_chunk, generator, seed, progress, prior is not None
     )
+    return summarise_nll(log_px, sens, k, z_estimate, prior)
+
+
+def summarise_nll(
+    log_px: torch.Tensor,
+    sens: torch.Tensor | None,
+    k: int,
+    z_estimate: Any = None,
+    holder: nn.Module | None = None,
+) -> NLLSummary:
+    """:class:`NLLSummary` of per-image log p(x) (N,) and d log p(x) / d log Z (N,) (None:
+    no Z). ``holder``, the distribution holding the installed Z, must hold ``z_estimate``'s
+    (the LARS prior, or the output resampler of resampled outputs); its error is carried
+    into the NLL."""
     n = log_px.numel()
     nll = float(-log_px.mean())
     nll_se = float(log_px.std(unbiased=True) / math.sqrt(n)) if n > 1 else math.nan
     dnll = float(-sens.mean()) if sens is not None else 0.0
     z_rel = None
     nll_z = 0.0
-    if z_estimate is not None and prior is not None:
+    if z_estimate is not None and holder is not None:
         z_mean, z_se = float(z_estimate.mean), float(z_estimate.stderr)
         if not z_mean > 0.0:
             raise ValueError(f"z_estimate.mean: expected a positive number, got {z_mean!r}")
         log_mean = float(getattr(z_estimate, "log_mean", math.log(z_mean)))
-        installed = float(prior.log_z)
+        installed = float(holder.log_z)
         if not math.isclose(log_mean, installed, rel_tol=0.0, abs_tol=1e-9):
             raise ValueError(
-                f"the prior's log Z ({installed!r}) is not the given estimate's "
-                f"({log_mean!r}); call prior.set_log_z(z.log_mean) first"
+                f"the installed log Z ({installed!r}) is not the given estimate's "
+                f"({log_mean!r}); call set_log_z(z.log_mean) on the prior (or the output "
+                "resampler) first"
             )
         z_rel = z_se / z_mean
         nll_z = nll_z_error(dnll, z_mean, z_se)

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from larsvae.config import ModelConfig
 from larsvae.distributions import AcceptanceMLP, ResampledPrior, StandardNormal
 from larsvae.distributions.lars import lars_log_density
-from larsvae.evaluation import NLLSummary, dlogp_dlogz, iwae_log_likelihood, nll_z_error
+from larsvae.evaluation import NLLSummary, dlogp_dlogz, iwae_log_likelihood, summarise_nll
 from larsvae.models.vae import DATA_DIM, VAE, LatentVariableModel
 from larsvae.objectives import mlp_forward
 from larsvae.utils import derive_seed, module_device
@@ -380,37 +380,10 @@ def nll_summary(
         progress=progress,
     )
     log_term = model._log_term_cpu(x)
-    log_px = log_pi + log_term
     sens = torch.cat(
         [dlogp_dlogz(res, model._as_input(p)).cpu() for p in x.split(1024)]
     )  # d log p_T(x) / d log Z, (N,)
-    n = log_px.numel()
-    nll = float(-log_px.mean())
-    nll_se = float(log_px.std(unbiased=True) / math.sqrt(n)) if n > 1 else math.nan
-    dnll = float(-sens.mean())
-    z_rel, nll_z = None, 0.0
-    if z_estimate is not None:
-        z_mean, z_se = float(z_estimate.mean), float(z_estimate.stderr)
-        if not z_mean > 0.0:
-            raise ValueError(f"z_estimate.mean: expected a positive number, got {z_mean!r}")
-        log_mean = float(getattr(z_estimate, "log_mean", math.log(z_mean)))
-        if not math.isclose(log_mean, float(res.log_z), rel_tol=0.0, abs_tol=1e-9):
-            raise ValueError(
-                f"the resampler's log Z ({float(res.log_z)!r}) is not the given estimate's "
-                f"({log_mean!r}); call model.resampler.set_log_z(z.log_mean) first"
-            )
-        z_rel = z_se / z_mean
-        nll_z = nll_z_error(dnll, z_mean, z_se)
-    summary = NLLSummary(
-        nll=nll,
-        nll_stderr=nll_se,
-        n=n,
-        k=k,
-        dnll_dlogz=dnll,
-        z_rel_stderr=z_rel,
-        nll_z_stderr=nll_z,
-        log_px=log_px,
-    )
+    summary = summarise_nll(log_pi + log_term, sens, k, z_estimate, res)
     return OutputsNLL(summary, float(-log_pi.mean()), float(log_term.mean()))
 
 
