@@ -141,6 +141,23 @@ def test_estimate_follows_the_keys():
     assert e2 > 50 * e1 / 2  # noise (B, K, d) grows with K
 
 
+@pytest.mark.parametrize(
+    "arch,prior,posthoc",
+    [("vae", "gaussian", False), ("vae", "lars", True), ("hvae", "realnvp", False)]
+    + [("convhvae", "lars", False), ("vae_rx", "gaussian", False)],
+)
+def test_model_shape_on_the_cpu_equals_the_meta_pass(monkeypatch, arch, prior, posthoc):
+    """Small networks take their layer outputs from a zero-weight CPU pass (no sympy and
+    torch._dynamo imports); the numbers are those of the meta pass, and the caller's random
+    state is untouched."""
+    mc = ModelConfig(latent_dim=8, hidden=32)
+    state = torch.random.get_rng_state()
+    on_cpu = memory.model_shape(arch, prior, mc, posthoc)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    monkeypatch.setattr(memory, "CPU_SHAPE_NUMEL", 0)
+    assert memory.model_shape(arch, prior, mc, posthoc) == on_cpu
+
+
 def test_huge_but_in_bounds_config_is_refused_before_allocating(tmp_path):
     """hidden = 100000 is within its bound but 2e10 weights: one line naming the key and the
     estimate against the available memory, and the process never grew (RSS of the refused

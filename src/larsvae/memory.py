@@ -13,7 +13,8 @@ The estimate counts the tensors the code allocates, in bytes (float32 unless not
   trainable ones), counted exactly by building the model on PyTorch's ``meta`` device
   (no storage is allocated);
 - activations: the outputs of every Linear/Conv layer for one image and one latent sample,
-  measured by one forward pass on the ``meta`` device (:func:`model_shape`), times the
+  measured by one forward pass (:func:`model_shape`: on the CPU with zero weights, or on
+  ``meta`` for a network too big to allocate), times the
   rows a step evaluates at once (batch_size, train_z_samples, the IWAE tile, the Z chunk),
   times :data:`GRAD_FACTOR` (training keeps pre-activations, activations and their
   gradients) or, for evaluation under ``no_grad``, the widest layer times
@@ -120,12 +121,38 @@ def _layer_outputs(module: nn.Module, run: Any) -> list[int]:
     return sizes
 
 
+#: Largest network (numbers in its state dict) whose layer outputs :func:`model_shape` takes
+#: from a forward pass on the CPU; bigger ones run on ``meta``.
+CPU_SHAPE_NUMEL = 10**7
+
+
+def _sample_outputs(plain: nn.Module, build: Any) -> tuple[list[int], list[int]]:
+    """Layer outputs of ``plain.log_weights`` (``plain`` built on ``meta``) for 1 image with
+    1 and with 2 latent samples. A network of at most :data:`CPU_SHAPE_NUMEL` numbers is
+    built again on the CPU by ``build()`` and runs there, under a forked random state and
+    with a private generator (the caller's random numbers are untouched): its first
+    ``meta`` forward would import sympy and torch._dynamo, ~1.2 s of every job. A bigger
+    one runs on ``meta``, where nothing is allocated."""
+    device = "meta"
+    if sum(t.numel() for t in plain.state_dict().values()) <= CPU_SHAPE_NUMEL:
+        device = "cpu"
+        with torch.random.fork_rng(devices=[]):
+            plain = build()
+    plain.eval()
+    x = torch.zeros(1, DATA_DIM, device=device)
+    gen = torch.Generator() if device == "cpu" else None
+    one = _layer_outputs(plain, lambda: plain.log_weights(x, 1, generator=gen))
+    two = _layer_outputs(plain, lambda: plain.log_weights(x, 2, generator=gen))
+    return one, two
+
+
 def _linear_widths(module: nn.Module) -> list[int]:
     return [m.out_features for m in module.modules() if isinstance(m, nn.Linear)]
 
 
 def model_shape(arch: str, prior: str, mcfg: Any, posthoc: bool = False) -> ModelShape:
-    """:class:`ModelShape` of ``build_model(arch, prior, mcfg)``, without allocating it.
+    """:class:`ModelShape` of ``build_model(arch, prior, mcfg)``, built on ``meta`` (only a
+    small plain network is allocated, see :func:`_sample_outputs`).
 
     Activations come from ``log_weights`` of the same architecture with a standard prior
     (the LARS prior's running Z is data-dependent and cannot run on ``meta``) for 1 image
@@ -147,10 +174,9 @@ def model_shape(arch: str, prior: str, mcfg: Any, posthoc: bool = False) -> Mode
             if prior != "gaussian" or outputs
             else model
         )
-    plain.eval()
-    x = torch.zeros(1, DATA_DIM, device="meta")
-    one = _layer_outputs(plain, lambda: plain.log_weights(x, 1))
-    two = _layer_outputs(plain, lambda: plain.log_weights(x, 2))
+    one, two = _sample_outputs(
+        plain, lambda: build_model("vae" if outputs else arch, "gaussian", mcfg)
+    )
     pair = [b - a for a, b in zip(one, two, strict=True) if b != a]
     point = [a for a, b in zip(one, two, strict=True) if b == a]
     prior_mod = z_holder(model)
