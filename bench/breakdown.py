@@ -1,0 +1,213 @@
+"""Where the CPU time of the unmet performance goals goes (issue 9), as Markdown.
+
+    python bench/breakdown.py [--out reports/profile_cpu.md]
+
+- Z: one chunk of ``estimate_z`` (2048 proposal evaluations: 1024 antithetic pairs, the
+  paper's a = MLP[50-100-100-1]) split into its operations, each timed on its own with
+  the chunk's real operands, against the chunk as ``estimate_z`` runs it and the FLOP limit.
+- Training step (VAE L = 1, batch 128, Adam): the step as ``fit`` runs it; the same step at
+  tiny widths (H = 4, d = 2, batch 2: what remains is per-operation overhead, the same
+  number of operations); and every matmul of the step timed by ``torch.profiler`` in the
+  step against the same product timed alone (warm caches).
+
+One thread, medians. A measurement for reading, not a benchmark row: ratios against
+baselines live in ``bench/run.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import cpu_model, flop_rate
+from torch.profiler import ProfilerActivity, profile
+
+from larsvae import train
+from larsvae.config import ModelConfig, TrainConfig
+from larsvae.data import BatchStream
+from larsvae.distributions import AcceptanceMLP, StandardNormal
+from larsvae.distributions.lars import _acceptance_logits
+from larsvae.models import build_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _us(fn, n: int = 300, repeat: int = 7) -> float:
+    """Median over ``repeat`` rounds of the mean microseconds of ``n`` calls."""
+    for _ in range(5):
+        fn()
+    rounds = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        rounds.append((time.perf_counter() - t0) / n * 1e6)
+    return statistics.median(rounds)
+
+
+def z_chunk(rate: float) -> list[str]:
+    torch.manual_seed(0)
+    logits = _acceptance_logits(AcceptanceMLP(50, (100, 100)))
+    proposal = StandardNormal(50)
+    gen = torch.Generator().manual_seed(1)
+    k = 1024
+    z = proposal.sample(k, generator=gen)
+    (w1, b1), (w2, b2) = logits.hidden
+    wz, h1 = torch.empty(k, 100), torch.empty(2 * k, 100)
+    torch.mm(z, w1, out=wz)
+    torch.add(b1, wz, out=h1[:k])
+    torch.sub(b1, wz, out=h1[k:])
+    h1.sigmoid_()
+    h2 = torch.addmm(b2, h1, w2).sigmoid_()
+    lg = torch.addmv(logits.b_out, h2, logits.w_out)
+    x = torch.empty(k, dtype=torch.float64)
+    scratch = h1.clone()
+
+    def chunk():
+        a = logits.pm(proposal.sample(k, generator=gen)).double().sigmoid_()
+        torch.add(a[:k], a[k:], out=x)
+
+    parts = [
+        ("randn (1024, 50): the proposals", lambda: proposal.sample(k, generator=gen)),
+        ("first layer z W1 (1024 rows; -z reuses it)", lambda: torch.mm(z, w1, out=wz)),
+        (
+            "b1 + Wz, b1 - Wz",
+            lambda: (torch.add(b1, wz, out=h1[:k]), torch.sub(b1, wz, out=h1[k:])),
+        ),
+        ("sigmoid, first layer (2048, 100)", lambda: scratch.copy_(h1).sigmoid_()),
+        ("copy (2048, 100) (subtract from the line above)", lambda: scratch.copy_(h1)),
+        ("second layer h1 W2 + b2 (2048 rows)", lambda: torch.addmm(b2, h1, w2, out=scratch)),
+        ("sigmoid, second layer (2048, 100)", lambda: scratch.copy_(h2).sigmoid_()),
+        ("output layer h2 w3 + b3", lambda: torch.addmv(logits.b_out, h2, logits.w_out)),
+        (
+            "float64 sigmoid and pair sums",
+            lambda: torch.add(*lg.double().sigmoid_().split(k), out=x),
+        ),
+    ]
+    total = _us(chunk)
+    limit = 2 * k * 2 * (50 * 100 + 100 * 100 + 100) / rate * 1e6
+    lines = [
+        "## Z: one chunk of estimate_z (2048 proposal evaluations)",
+        "",
+        f"The chunk as `estimate_z` runs it: **{total:.0f} us** ({2 * k / total:.2f} M samples/s); "
+        f"FLOP limit (plain forward of z and -z, {rate / 1e9:.1f} GFLOP/s): {limit:.0f} us "
+        f"({100 * limit / total:.0f}% of it reached).",
+        "",
+        "| operation | us | % of the chunk |",
+        "|---|---:|---:|",
+    ]
+    for name, fn in parts:
+        us = _us(fn)
+        lines.append(f"| {name} | {us:.0f} | {100 * us / total:.0f}% |")
+    return lines + [""]
+
+
+def _vae_step(prior: str, cfg: ModelConfig, batch: int, images: int):
+    torch.manual_seed(0)
+    model = build_model("vae", prior, cfg).train()
+    grey = np.random.default_rng(0).integers(0, 256, (images, 784), dtype=np.uint8)
+    stream = BatchStream(grey, batch, seed=1)
+    tc = TrainConfig(batch_size=batch, warmup_steps=1000)
+    opt = train.make_optimizer(list(model.parameters()), tc.lr)
+    return train._make_step(model, opt, stream, tc, 3, print)
+
+
+def _step_ms(step, n: int) -> float:
+    for t in range(20):
+        step(t)
+    rounds = []
+    for r in range(5):
+        t0 = time.perf_counter()
+        for t in range(n):
+            step(100 + r * n + t)
+        rounds.append((time.perf_counter() - t0) / n * 1e3)
+    return statistics.median(rounds)
+
+
+def training(rate: float) -> list[str]:
+    import bench_train
+
+    tiny = ModelConfig(hidden=4, latent_dim=2, acceptance_hidden=(4, 4), train_z_samples=4)
+    lines = [
+        "## Training step (VAE L = 1, batch 128, Adam)",
+        "",
+        "| prior | step (ms) | FLOP limit (ms) | same step at H = 4, d = 2, batch 2 (ms) |",
+        "|---|---:|---:|---:|",
+    ]
+    for prior in ("gaussian", "lars"):
+        full = _step_ms(_vae_step(prior, ModelConfig(), 128, 4096), 40)
+        small = _step_ms(_vae_step(prior, tiny, 2, 64), 200)
+        limit = bench_train.step_flop(prior == "lars") / rate * 1e3
+        lines.append(f"| {prior} | {full:.2f} | {limit:.2f} | {small:.2f} |")
+
+    step = _vae_step("gaussian", ModelConfig(), 128, 4096)
+    for t in range(20):
+        step(t)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for t in range(20, 60):
+            step(t)
+    rows = []
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key not in ("aten::mm", "aten::addmm"):
+            continue
+        shapes = [s for s in e.input_shapes if s]
+        a, b = shapes[-2], shapes[-1]
+        x, y = torch.randn(*a), torch.randn(*b)
+        alone = _us(lambda x=x, y=y: torch.mm(x, y), n=50)
+        in_step = e.self_cpu_time_total / e.count
+        flop = 2 * a[0] * a[1] * b[1]
+        rows.append((in_step * e.count, e.key[6:], a, b, e.count, in_step, alone, flop))
+    lines += [
+        "",
+        "Matmuls of the standard step (torch.profiler, 40 steps) against the same product "
+        "alone (contiguous operands, warm caches):",
+        "",
+        "| op | (m, k) x (k, n) | calls/step | in the step (us) | alone (us) | GFLOP/s in the step |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    total_in, total_alone = 0.0, 0.0
+    for _, op, a, b, count, in_step, alone, flop in sorted(rows, key=lambda r: -r[0]):
+        per = count // 40
+        total_in += in_step * per
+        total_alone += alone * per
+        lines.append(
+            f"| {op} | {tuple(a)} x {tuple(b)} | {per} | {in_step:.0f} | {alone:.0f} | "
+            f"{flop / in_step / 1e3:.0f} |"
+        )
+    lines += [
+        "",
+        f"Per step: matmuls {total_in / 1e3:.2f} ms in the step, {total_alone / 1e3:.2f} ms alone.",
+        "",
+    ]
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=REPO / "reports" / "profile_cpu.md")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore", RuntimeWarning)  # Z_r > 1 on an untrained net
+    rate = flop_rate("cpu")
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# CPU profile of the unmet performance goals",
+        "",
+        "Generated by `python bench/breakdown.py`; do not edit. One thread of "
+        f"{cpu_model()}, torch {torch.__version__}, {now}; float32 matmul rate "
+        f"{rate / 1e9:.1f} GFLOP/s (2048^3).",
+        "",
+    ]
+    lines += z_chunk(rate) + training(rate)
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
