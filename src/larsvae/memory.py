@@ -13,7 +13,7 @@ The estimate counts the tensors the code allocates, in bytes (float32 unless not
   trainable ones), counted exactly by building the model on PyTorch's ``meta`` device
   (no storage is allocated);
 - activations: the outputs of every Linear/Conv layer for one image and one latent sample,
-  measured by one forward pass (:func:`model_shape`: on the CPU with zero weights, or on
+  measured by one forward pass (:func:`model_shape`: of a copy built on the CPU, or on
   ``meta`` for a network too big to allocate), times the
   rows a step evaluates at once (batch_size, train_z_samples, the IWAE tile, the Z chunk),
   times :data:`GRAD_FACTOR` (training keeps pre-activations, activations and their
@@ -31,7 +31,7 @@ on CUDA; on the CPU ``MemAvailable`` of ``/proc/meminfo`` (and the cgroup limit,
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,7 +126,9 @@ def _layer_outputs(module: nn.Module, run: Any) -> list[int]:
 CPU_SHAPE_NUMEL = 10**7
 
 
-def _sample_outputs(plain: nn.Module, build: Any) -> tuple[list[int], list[int]]:
+def _sample_outputs(
+    plain: nn.Module, build: Callable[[], nn.Module]
+) -> tuple[list[int], list[int]]:
     """Layer outputs of ``plain.log_weights`` (``plain`` built on ``meta``) for 1 image with
     1 and with 2 latent samples. A network of at most :data:`CPU_SHAPE_NUMEL` numbers is
     built again on the CPU by ``build()`` and runs there, under a forked random state and
