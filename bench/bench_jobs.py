@@ -73,8 +73,10 @@ def _run(code: str, args: list[str]) -> float:
     return seconds
 
 
-def _z_args(ckpt: Path, out: Path) -> list[str]:
-    return ["estimate-z", "--threads", "1", "--checkpoint", str(ckpt), "--shard", "0"] + [
+def _z_args(ckpt: Path, out: Path, device: str) -> list[str]:
+    return ["estimate-z", "--device", device, "--threads", "1", "--checkpoint", str(ckpt)] + [
+        "--shard",
+        "0",
         "--num-shards",
         "1",
         "--eval-params",
@@ -88,8 +90,6 @@ def _z_args(ckpt: Path, out: Path) -> list[str]:
 def run(device: str, quick: bool) -> list[dict]:
     from common import row
 
-    if device != "cpu":
-        return []  # process start-up is a CPU matter; the GPU section has no row for it
     repeat = 3 if quick else 7
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -105,8 +105,8 @@ def run(device: str, quick: bool) -> list[dict]:
         bare, ours, meta = [], [], []
         for _ in range(repeat):  # alternately, so that a change of load hits all three
             bare.append(_run("import torch", []))
-            ours.append(_run(MAIN, _z_args(ckpt, outs["ours"])))
-            meta.append(_run(META, _z_args(ckpt, outs["meta"])))
+            ours.append(_run(MAIN, _z_args(ckpt, outs["ours"], device)))
+            meta.append(_run(META, _z_args(ckpt, outs["meta"], device)))
         est = {k: json.loads(p.read_text()) for k, p in outs.items()}
         same = est["ours"]["estimate"] == est["meta"]["estimate"]
     med = lambda v: float(np.median(v))  # noqa: E731
@@ -114,7 +114,7 @@ def run(device: str, quick: bool) -> list[dict]:
         row(
             workload="one pipeline job's fixed cost: fresh `larsvae estimate-z` process, "
             "VAE L=1 LARS checkpoint, 2e4 proposals",
-            setting=f"cpu, 1 thread, median of {repeat}",
+            setting=f"{device}, 1 CPU thread, median of {repeat}",
             baseline="the same command with the memory check's layer-output pass on the "
             "meta device (imports sympy and torch._dynamo)",
             baseline_value=med(meta),
