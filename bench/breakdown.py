@@ -80,10 +80,13 @@ def z_chunk(rate: float) -> list[str]:
             "b1 + Wz, b1 - Wz",
             lambda: (torch.add(b1, wz, out=h1[:k]), torch.sub(b1, wz, out=h1[k:])),
         ),
-        ("sigmoid, first layer (2048, 100)", lambda: scratch.copy_(h1).sigmoid_()),
-        ("copy (2048, 100) (subtract from the line above)", lambda: scratch.copy_(h1)),
+        ("copy + sigmoid, first layer (2048, 100)", lambda: scratch.copy_(h1).sigmoid_()),
+        (
+            "copy (2048, 100) alone (subtract from the two copy + sigmoid rows)",
+            lambda: scratch.copy_(h1),
+        ),
         ("second layer h1 W2 + b2 (2048 rows)", lambda: torch.addmm(b2, h1, w2, out=scratch)),
-        ("sigmoid, second layer (2048, 100)", lambda: scratch.copy_(h2).sigmoid_()),
+        ("copy + sigmoid, second layer (2048, 100)", lambda: scratch.copy_(h2).sigmoid_()),
         ("output layer h2 w3 + b3", lambda: torch.addmv(logits.b_out, h2, logits.w_out)),
         (
             "float64 sigmoid and pair sums",

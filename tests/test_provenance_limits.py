@@ -147,15 +147,24 @@ def test_estimate_follows_the_keys():
     + [("convhvae", "lars", False), ("vae_rx", "gaussian", False)],
 )
 def test_model_shape_on_the_cpu_equals_the_meta_pass(monkeypatch, arch, prior, posthoc):
-    """Small networks take their layer outputs from a zero-weight CPU pass (no sympy and
+    """Small networks take their layer outputs from a pass on the CPU (no sympy and
     torch._dynamo imports); the numbers are those of the meta pass, and the caller's random
     state is untouched."""
     mc = ModelConfig(latent_dim=8, hidden=32)
+    devices = []
+    layer_outputs = memory._layer_outputs
+
+    def spy(module, run):
+        devices.append(next(module.parameters()).device.type)
+        return layer_outputs(module, run)
+
+    monkeypatch.setattr(memory, "_layer_outputs", spy)
     state = torch.random.get_rng_state()
     on_cpu = memory.model_shape(arch, prior, mc, posthoc)
     assert torch.equal(torch.random.get_rng_state(), state)
     monkeypatch.setattr(memory, "CPU_SHAPE_NUMEL", 0)
     assert memory.model_shape(arch, prior, mc, posthoc) == on_cpu
+    assert devices == ["cpu", "cpu", "meta", "meta"]
 
 
 def test_huge_but_in_bounds_config_is_refused_before_allocating(tmp_path):

@@ -194,8 +194,9 @@ def load_model(
 
 
 def check_size(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
-    """The model the meta describes (built on the ``meta`` device: nothing is allocated)
-    holds exactly as many numbers as the weights in the file."""
+    """The model the meta describes (built on the ``meta`` device; only a small plain copy
+    is allocated, see :func:`larsvae.memory.model_shape`) holds exactly as many numbers as
+    the weights in the file."""
     from . import memory
 
     weights = ckpt["model"]

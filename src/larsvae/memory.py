@@ -99,7 +99,7 @@ def human(n: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# the model's size, measured on the meta device
+# the model's size: the network built on the meta device, layer outputs from one pass
 
 
 def _layer_outputs(module: nn.Module, run: Any) -> list[int]:
@@ -138,7 +138,7 @@ def _sample_outputs(
     device = "meta"
     if sum(t.numel() for t in plain.state_dict().values()) <= CPU_SHAPE_NUMEL:
         device = "cpu"
-        with torch.random.fork_rng(devices=[]):
+        with torch.device("cpu"), torch.random.fork_rng(devices=[]):
             plain = build()
     plain.eval()
     x = torch.zeros(1, DATA_DIM, device=device)
