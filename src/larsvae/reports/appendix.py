@@ -275,6 +275,15 @@ def entry(sel: Selected, key: str, paper_digits: int | None = 2) -> str:
     return f"{mine} / {paper_value(sel.row.paper, key, paper_digits)}"
 
 
+#: The columns every LARS table starts with after its row label (see :func:`nll_z_cells`).
+NLL_Z_COLUMNS = ["test NLL", "Z", "SE(Z) ours"]
+
+
+def nll_z_cells(sel: Selected) -> list[str]:
+    """A row's label and its :data:`NLL_Z_COLUMNS` cells: NLL and Z (ours / paper), SE(Z)."""
+    return [sel.row.label, entry(sel, "nll"), entry(sel, "z", None), ours_z_se(sel)]
+
+
 # ---------------------------------------------------------------------------------------
 # rendering
 
@@ -461,8 +470,8 @@ def _render_d2(spec: dict[str, Any], results: list[Result], root: Path, now: dat
     sels = _select_all(spec, results, rows)
     body = ["", f"### {DATASET_LABELS[ds]}, VAE, LARS trained jointly, T = 100", ""]
     body += _table(
-        ["prior", "test NLL", "Z", "SE(Z) ours"],
-        [[s.row.label, entry(s, "nll"), entry(s, "z", None), ours_z_se(s)] for s in sels],
+        ["prior", *NLL_Z_COLUMNS],
+        [nll_z_cells(s) for s in sels],
     )
     intro = [
         "Test NLL: IWAE bound (nll.json `nll`). Z: the high-precision estimate with its Monte "
@@ -495,18 +504,8 @@ def _render_d3(spec: dict[str, Any], results: list[Result], root: Path, now: dat
     sels = _select_all(spec, results, rows)
     body = ["", f"### {DATASET_LABELS[ds]}, VAE, LARS trained jointly, a = MLP[100-100]", ""]
     body += _table(
-        ["truncation", "test NLL", "Z", "SE(Z) ours", "KL", "reconstruction"],
-        [
-            [
-                s.row.label,
-                entry(s, "nll"),
-                entry(s, "z", None),
-                ours_z_se(s),
-                entry(s, "kl", 1),
-                entry(s, "rec", 1),
-            ]
-            for s in sels
-        ],
+        ["truncation", *NLL_Z_COLUMNS, "KL", "reconstruction"],
+        [[*nll_z_cells(s), entry(s, "kl", 1), entry(s, "rec", 1)] for s in sels],
     )
     intro = [
         "Z: the high-precision estimate, with SE(Z) its Monte Carlo standard error (largest "
@@ -556,11 +555,8 @@ def _render_d45(spec: dict[str, Any], results: list[Result], root: Path, now: da
         all_sels += sels
         body += ["", f"### Table {table}: {DATASET_LABELS[ds]}, VAE", ""]
         body += _table(
-            ["prior", "test NLL", "Z", "SE(Z) ours", "Z estimator (ours)"],
-            [
-                [s.row.label, entry(s, "nll"), entry(s, "z", None), ours_z_se(s), z_estimator(s)]
-                for s in sels
-            ],
+            ["prior", *NLL_Z_COLUMNS, "Z estimator (ours)"],
+            [[*nll_z_cells(s), z_estimator(s)] for s in sels],
         )
     intro = [
         "LARS rows: a = MLP[100-100], T = 100, trained jointly. Z: the high-precision estimate "
@@ -601,13 +597,10 @@ def _render_d6(spec: dict[str, Any], results: list[Result], root: Path, now: dat
     sels = _select_all(spec, results, rows)
     body = ["", f"### {DATASET_LABELS[ds]}, VAE, a(z) / a(x) trained with the VAE, T = 100", ""]
     body += _table(
-        ["model", "test NLL", "Z", "SE(Z) ours", "NLL of the VAE alone (ours)", "mean log-term"],
+        ["model", *NLL_Z_COLUMNS, "NLL of the VAE alone (ours)", "mean log-term"],
         [
             [
-                s.row.label,
-                entry(s, "nll"),
-                entry(s, "z", None),
-                ours_z_se(s),
+                *nll_z_cells(s),
                 ours(s.cell, "nll_marginal") if s.row.arch == "vae_rx" else NA,
                 ours(s.cell, "log_term_mean") if s.row.arch == "vae_rx" else NA,
             ]
