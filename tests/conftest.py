@@ -130,6 +130,31 @@ def train_args(
     ]
 
 
+def z_args(
+    ckpt: Path,
+    out: Path,
+    eval_params: str = '{"z_samples": 2000, "z_batch": 500}',
+    num_shards: str = "1",
+    shard: int = 0,
+) -> list[str]:
+    """``larsvae estimate-z`` of shard ``shard`` of ``num_shards`` (a string, so bad values
+    can be passed), small Z by default."""
+    return [
+        "estimate-z",
+        "--checkpoint",
+        str(ckpt),
+        "--shard",
+        str(shard),
+        "--num-shards",
+        num_shards,
+        "--eval-params",
+        eval_params,
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+
+
 def files_under(d: Path) -> list[str]:
     """Every file below ``d`` (relative paths), [] if ``d`` does not exist."""
     if not d.exists():
@@ -369,35 +394,9 @@ def _setup_bad_input_files(root: Path) -> dict[str, Path]:
     f["dead_z"] = root / "dead_acceptance" / "z.json"
     f["shard0of2"] = root / "shards" / "shard0of2.json"
     for args in (
-        [
-            "estimate-z",
-            "--checkpoint",
-            str(f["dead"]),
-            "--shard",
-            "0",
-            "--num-shards",
-            "1",
-            "--eval-params",
-            ep,
-            "--out",
-            str(shard),
-            "--no-progress",
-        ],
+        z_args(f["dead"], shard, ep),
         ["reduce-z", "--out", str(f["dead_z"]), str(shard)],
-        [
-            "estimate-z",
-            "--checkpoint",
-            str(f["lars"]),
-            "--shard",
-            "0",
-            "--num-shards",
-            "2",
-            "--eval-params",
-            ep,
-            "--out",
-            str(f["shard0of2"]),
-            "--no-progress",
-        ],
+        z_args(f["lars"], f["shard0of2"], ep, num_shards="2"),
     ):
         rc, err = cli_in_process(args)
         assert rc == 0, err
@@ -506,20 +505,7 @@ def bad_input_cases(root: Path, f: dict[str, Path]) -> list[BadInput]:
         return lambda o: train(o, arch="vae", prior="lars") + ["--init", str(init)]
 
     def estimate_z(ckpt, num_shards="1", ep='{"z_samples": 2000, "z_batch": 500}'):
-        return lambda o: [
-            "estimate-z",
-            "--checkpoint",
-            str(ckpt),
-            "--shard",
-            "0",
-            "--num-shards",
-            num_shards,
-            "--eval-params",
-            ep,
-            "--out",
-            str(o / "shard0of1.json"),
-            "--no-progress",
-        ]
+        return lambda o: z_args(ckpt, o / "shard0of1.json", ep, num_shards)
 
     def sample(ckpt):
         return lambda o: ["sample", "--checkpoint", str(ckpt), "--out", str(o / "samples.png")]

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import REAL_FASHION, run_cli, train_args
+from conftest import REAL_FASHION, run_cli, train_args, z_args
 
 from larsvae import cli
 from larsvae.zestimate import ZEstimate
@@ -96,45 +96,9 @@ def test_estimate_reduce_evaluate_sample(tmp_path, tiny_dataset_npz):
     shards = []
     for i in range(2):
         shards.append(tmp_path / f"z/shard{i}of2.json")
-        assert (
-            cli.main(
-                [
-                    "estimate-z",
-                    "--checkpoint",
-                    str(ckpt),
-                    "--shard",
-                    str(i),
-                    "--num-shards",
-                    "2",
-                    "--eval-params",
-                    ep,
-                    "--out",
-                    str(shards[-1]),
-                    "--no-progress",
-                ]
-            )
-            == 0
-        )
+        assert cli.main(z_args(ckpt, shards[-1], ep, num_shards="2", shard=i)) == 0
     whole = tmp_path / "z/shard0of1.json"
-    assert (
-        cli.main(
-            [
-                "estimate-z",
-                "--checkpoint",
-                str(ckpt),
-                "--shard",
-                "0",
-                "--num-shards",
-                "1",
-                "--eval-params",
-                ep,
-                "--out",
-                str(whole),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert cli.main(z_args(ckpt, whole, ep)) == 0
     zpath = tmp_path / "z.json"
     assert cli.main(["reduce-z", "--out", str(zpath), *map(str, reversed(shards))]) == 0
     merged = ZEstimate.from_dict(json.loads(zpath.read_text())["estimate"])
@@ -234,47 +198,14 @@ def test_estimate_z_odd_sizes_with_antithetic_pairs_is_a_user_error(
     capsys.readouterr()
     out = tmp_path / "shard0of1.json"
     for ep in ({"z_samples": 4000, "z_batch": 501}, {"z_samples": 4001, "z_batch": 500}):
-        rc = cli.main(
-            [
-                "estimate-z",
-                "--checkpoint",
-                str(ckpt),
-                "--shard",
-                "0",
-                "--num-shards",
-                "1",
-                "--eval-params",
-                json.dumps(ep),
-                "--out",
-                str(out),
-                "--no-progress",
-            ]
-        )
+        rc = cli.main(z_args(ckpt, out, json.dumps(ep)))
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1, err
         assert err[0].startswith("larsvae: error: evaluate.z_batch, evaluate.z_samples"), err
         assert not out.exists()
     # plain Monte Carlo accepts odd sizes
     ep = {"z_samples": 4001, "z_batch": 501, "z_antithetic": False}
-    assert (
-        cli.main(
-            [
-                "estimate-z",
-                "--checkpoint",
-                str(ckpt),
-                "--shard",
-                "0",
-                "--num-shards",
-                "1",
-                "--eval-params",
-                json.dumps(ep),
-                "--out",
-                str(out),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert cli.main(z_args(ckpt, out, json.dumps(ep))) == 0
     assert json.loads(out.read_text())["estimate"]["n"] == 4001
 
 

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_in_process, files_under, make_tiny_dataset, run_cli, train_args
+from conftest import (
+    cli_in_process,
+    files_under,
+    make_tiny_dataset,
+    run_cli,
+    train_args,
+    z_args,
+)
 
 from larsvae import memory, utils
 from larsvae.checkpoint import load_checkpoint, save_checkpoint
@@ -23,7 +30,6 @@ from larsvae.data.checksums import SIZE, max_raw_bytes
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 TINY_TRAIN = {"iterations": 3, "batch_size": 16}
-EP = json.dumps({"z_samples": 2000, "z_batch": 500})
 
 
 def one_line(rc: int, err: str, *needles: str) -> str:
@@ -44,10 +50,7 @@ def made(tmp_path_factory):
     rc, err = cli_in_process(train_args(data, ckpt, train=TINY_TRAIN))
     assert rc == 0, err
     shard = root / "z" / "shard0of1.json"
-    rc, err = cli_in_process(
-        ["estimate-z", "--checkpoint", str(ckpt), "--shard", "0", "--num-shards", "1"]
-        + ["--eval-params", EP, "--out", str(shard), "--no-progress"]
-    )
+    rc, err = cli_in_process(z_args(ckpt, shard))
     assert rc == 0, err
     return {"root": root, "data": data, "ckpt": ckpt, "shard": shard}
 
@@ -190,9 +193,7 @@ def test_memory_budget_env_and_key_names(made, tmp_path, monkeypatch):
     monkeypatch.setenv(memory.MEMORY_ENV, "1e6")
     out = tmp_path / "z.json"
     rc, err = cli_in_process(
-        ["estimate-z", "--checkpoint", str(made["ckpt"]), "--shard", "0", "--num-shards", "1"]
-        + ["--eval-params", json.dumps({"z_batch": 10**7, "z_samples": 10**7})]
-        + ["--out", str(out), "--no-progress"]
+        z_args(made["ckpt"], out, json.dumps({"z_batch": 10**7, "z_samples": 10**7}))
     )
     one_line(rc, err, "evaluate.z_batch = 10000000", f"${memory.MEMORY_ENV}", str(made["ckpt"]))
     assert not out.exists()
@@ -251,10 +252,7 @@ def test_disk_full_during_training_keeps_the_resume_checkpoint_and_rerun_is_iden
 def test_disk_full_during_z_estimation_is_one_line(made, tmp_path, disk_full):
     out = tmp_path / "z" / "shard0of1.json"
     disk_full.update(match="shard0of1.json")
-    rc, err = cli_in_process(
-        ["estimate-z", "--checkpoint", str(made["ckpt"]), "--shard", "0", "--num-shards", "1"]
-        + ["--eval-params", EP, "--out", str(out), "--no-progress"]
-    )
+    rc, err = cli_in_process(z_args(made["ckpt"], out))
     one_line(rc, err, str(out), "no space left on device")
     assert files_under(out.parent) == []
 
@@ -307,10 +305,7 @@ def test_z_shard_batch_with_zero_units_is_one_line(made, tmp_path):
 
 
 def test_fractional_num_shards_is_one_line(made, tmp_path):
-    p = run_cli(
-        ["estimate-z", "--checkpoint", str(made["ckpt"]), "--shard", "0", "--num-shards", "2.5"]
-        + ["--out", str(tmp_path / "s.json")]
-    )
+    p = run_cli(z_args(made["ckpt"], tmp_path / "s.json", num_shards="2.5"))
     one_line(p.returncode, p.stderr, "--num-shards", "2.5")
     assert not (tmp_path / "s.json").exists()
 
@@ -320,8 +315,7 @@ def test_checkpoint_meta_with_bad_seed_is_one_line(made, tmp_path, seed):
     bad = _with_meta(made["ckpt"], tmp_path / "bad" / "model.pt", seed=seed)
     out = tmp_path / "out" / "s.json"
     for cmd in (
-        ["estimate-z", "--checkpoint", str(bad), "--shard", "0", "--num-shards", "1"]
-        + ["--eval-params", EP, "--out", str(out), "--no-progress"],
+        z_args(bad, out),
         ["sample", "--checkpoint", str(bad), "--out", str(out.with_suffix(".png"))],
     ):
         rc, err = cli_in_process(cmd)
