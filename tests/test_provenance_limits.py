@@ -162,6 +162,7 @@ def test_model_shape_on_the_cpu_equals_the_meta_pass(monkeypatch, arch, prior, p
         return layer_outputs(module, run)
 
     monkeypatch.setattr(memory, "_layer_outputs", spy)
+    memory._model_shape.cache_clear()  # the passes below must run, not be remembered
     state = torch.random.get_rng_state()
     on_cpu = memory.model_shape(arch, prior, mc, posthoc)
     assert torch.equal(torch.random.get_rng_state(), state)

@@ -30,6 +30,7 @@ on CUDA; on the CPU ``MemAvailable`` of ``/proc/meminfo`` (and the cgroup limit,
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -127,16 +128,16 @@ CPU_SHAPE_NUMEL = 10**7
 
 
 def _sample_outputs(
-    plain: nn.Module, build: Callable[[], nn.Module]
+    plain: nn.Module, build: Callable[[], nn.Module], cpu_cut: int
 ) -> tuple[list[int], list[int]]:
     """Layer outputs of ``plain.log_weights`` (``plain`` built on ``meta``) for 1 image with
-    1 and with 2 latent samples. A network of at most :data:`CPU_SHAPE_NUMEL` numbers is
+    1 and with 2 latent samples. A network of at most ``cpu_cut`` numbers is
     built again on the CPU by ``build()`` and runs there, under a forked random state and
     with a private generator (the caller's random numbers are untouched): its first
     ``meta`` forward would import sympy and torch._dynamo, ~1.2 s of every job. A bigger
     one runs on ``meta``, where nothing is allocated."""
     device = "meta"
-    if sum(t.numel() for t in plain.state_dict().values()) <= CPU_SHAPE_NUMEL:
+    if sum(t.numel() for t in plain.state_dict().values()) <= cpu_cut:
         device = "cpu"
         with torch.device("cpu"), torch.random.fork_rng(devices=[]):
             plain = build()
@@ -154,13 +155,20 @@ def _linear_widths(module: nn.Module) -> list[int]:
 
 def model_shape(arch: str, prior: str, mcfg: Any, posthoc: bool = False) -> ModelShape:
     """:class:`ModelShape` of ``build_model(arch, prior, mcfg)``, built on ``meta`` (only a
-    small plain network is allocated, see :func:`_sample_outputs`).
+    small plain network is allocated, see :func:`_sample_outputs`); remembered per
+    arguments (and :data:`CPU_SHAPE_NUMEL`), as a job asks for it up to four times (the
+    checkpoint's size check, the step's and the load's estimates).
 
     Activations come from ``log_weights`` of the same architecture with a standard prior
     (the LARS prior's running Z is data-dependent and cannot run on ``meta``) for 1 image
     with 1 and with 2 latent samples: a layer whose output grows with the samples runs per
     (image, sample) pair, the others once per image. The top prior's layers are counted
     per prior sample from their widths."""
+    return _model_shape(arch, prior, mcfg, posthoc, CPU_SHAPE_NUMEL)
+
+
+@functools.lru_cache(maxsize=64)
+def _model_shape(arch: str, prior: str, mcfg: Any, posthoc: bool, cpu_cut: int) -> ModelShape:
     from .config import OUTPUT_LARS_ARCHS
     from .models import build_model, z_holder
 
@@ -177,7 +185,7 @@ def model_shape(arch: str, prior: str, mcfg: Any, posthoc: bool = False) -> Mode
             else model
         )
     one, two = _sample_outputs(
-        plain, lambda: build_model("vae" if outputs else arch, "gaussian", mcfg)
+        plain, lambda: build_model("vae" if outputs else arch, "gaussian", mcfg), cpu_cut
     )
     pair = [b - a for a, b in zip(one, two, strict=True) if b != a]
     point = [a for a, b in zip(one, two, strict=True) if b == a]
@@ -211,16 +219,16 @@ def shape_of_meta(meta: Mapping[str, Any]) -> tuple[ModelShape, Any, str]:
 
 def load_job(meta: Mapping[str, Any]) -> Estimate:
     """Loading a checkpoint: its state dict and the model built from its meta."""
-    shape, mcfg, prior = shape_of_meta(meta)
-    est = Estimate("load")
-    _weights(est, shape, mcfg, prior, 2, 2)
-    return est
+    return _checkpoint_job("load", meta, copies=2)[0]
 
 
-def _checkpoint_job(step: str, meta: Mapping[str, Any]) -> tuple[Estimate, ModelShape]:
+def _checkpoint_job(
+    step: str, meta: Mapping[str, Any], copies: int = 1
+) -> tuple[Estimate, ModelShape]:
+    """A step's estimate holding ``copies`` of the checkpoint's weights, and its shape."""
     shape, mcfg, prior = shape_of_meta(meta)
     est = Estimate(step)
-    _weights(est, shape, mcfg, prior, 1, 1)
+    _weights(est, shape, mcfg, prior, copies, copies)
     return est, shape
 
 
@@ -311,9 +319,8 @@ def train_job(
             "Algorithm 1's proposal samples",
         )
     if tcfg.eval_every > 0:
-        sub = Estimate("valid")
         _iwae_parts(
-            sub,
+            est,
             shape,
             tcfg.eval_k,
             100,
@@ -324,7 +331,6 @@ def train_job(
             "train.eval_k",
             "train.eval_k",
         )
-        est.parts.extend(sub.parts)
     if data_numbers:
         est.add(data_numbers * (1 + F32), {}, "the dataset")
     return est
@@ -369,15 +375,18 @@ def evaluate_job(meta: Mapping[str, Any], ecfg: Any, n_test: int, device: Any) -
 
 def sample_job(meta: Mapping[str, Any], n: int, device: Any) -> Estimate:
     """``larsvae sample``: n decoded images and the sampler's blocks of proposals."""
+    from .checkpoint import is_lars
+    from .distributions.lars import default_max_block
+
     est, shape = _checkpoint_job("sample", meta)
     est.add(
         n * (shape.pair_peak * NOGRAD_FACTOR + shape.latent) * F32,
         {"--n (report.samples)": n},
         "n samples",
     )
-    if meta.get("prior") in ("lars", "lars_realnvp") or meta.get("mode") == "posthoc":
+    if is_lars(meta):
         t = meta["model_config"].get("truncation") or 1 << 30
-        block = min(1 << 16 if torch.device(device).type == "cpu" else 1 << 22, n * t)
+        block = min(default_max_block(torch.device(device)), n * t)
         est.add(block * shape.per_z * F32, {"--n (report.samples)": n}, "a block of proposals")
     return est
 

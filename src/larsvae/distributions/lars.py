@@ -371,7 +371,7 @@ class ResampledPrior(Prior):
             return (out, counts) if return_num_proposals else out
 
         if max_block is None:
-            max_block = 1 << 16 if module_device(self.proposal).type == "cpu" else 1 << 22
+            max_block = default_max_block(module_device(self.proposal))
         logits = _acceptance_logits(self.acceptance)
         out: Tensor | None = None
         counts: Tensor | None = None
@@ -441,6 +441,11 @@ def _cut_rows(acc: Tensor, carry: int, truncation: int | None) -> tuple[Tensor, 
 #: threshold (a page fault per 4 kB on every chunk); other devices: large, to fill the device.
 _CHUNK_ROWS_CPU = 2048
 _CHUNK_ROWS_DEVICE = 1 << 22
+
+
+def default_max_block(device: torch.device) -> int:
+    """Proposals :meth:`ResampledPrior.sample` draws at most per block by default."""
+    return 1 << 16 if device.type == "cpu" else 1 << 22
 
 
 def _chunk_rows(device: torch.device) -> int:
