@@ -35,8 +35,12 @@ run() {{  # the job's output and log folders, then the job
 """
 
 
-def jobs(plan: str) -> dict[tuple[str, str, str], list[tuple[int, str, str]]]:
-    """cell (arch, prior tag, mode) -> [(order, shard, command)] of the dry run's cell jobs."""
+MODE = 3  # the cell key (dataset, arch, prior tag, mode, seed)
+
+
+def jobs(plan: str) -> dict[tuple[str, ...], list[tuple[int, str, str]]]:
+    """cell (dataset, arch, prior tag, mode, seed) -> [(order, shard, command)] of the dry
+    run's cell jobs."""
     cells = defaultdict(list)
     for block in re.split(r"\n(?=\[\w{3} \w{3} )", plan):
         rule, cmd = re.search(r"rule (\w+):", block), re.search(r"Shell command: (.*)", block)
@@ -48,7 +52,8 @@ def jobs(plan: str) -> dict[tuple[str, str, str], list[tuple[int, str, str]]]:
             continue
         w = dict(kv.split("=", 1) for kv in wc.group(1).split(", "))
         mode = "posthoc" if rule.group(1) == "train_posthoc" else w.get("mode", "standard")
-        cells[(w["arch"], w["prior"], mode)].append((ORDER[name], w.get("shard", ""), cmd.group(1)))
+        cell = (w["dataset"], w["arch"], w["prior"], mode, w["seed"])
+        cells[cell].append((ORDER[name], w.get("shard", ""), cmd.group(1)))
     return {c: sorted(j) for c, j in cells.items()}
 
 
@@ -62,12 +67,12 @@ def script(plan: str, args: str) -> str:
     out_of = {_flag(js[0][2], "--out"): c for c, js in cells.items()}  # checkpoint -> cell
     after = defaultdict(list)  # standard cell -> the post-hoc cells that start from it
     for c, js in cells.items():
-        init = out_of.get(_flag(js[0][2], "--init")) if c[2] == "posthoc" else None
+        init = out_of.get(_flag(js[0][2], "--init")) if c[MODE] == "posthoc" else None
         if init is not None:
             after[init].append(c)
     lanes = []
     for c, js in cells.items():
-        if c[2] == "posthoc" and any(c in v for v in after.values()):
+        if c[MODE] == "posthoc" and any(c in v for v in after.values()):
             continue  # runs in its standard cell's lane
         lane = [f"  run {shlex.quote(js[0][2])} || exit 1"]
         rest = [f"run {shlex.quote(cmd)} || exit 1" for _, _, cmd in js[1:]]

@@ -59,3 +59,28 @@ def test_a_post_hoc_cell_runs_after_the_training_it_starts_from(tmp_path):
     f = tmp_path / "run.sh"
     f.write_text(s)
     assert subprocess.run(["bash", "-n", str(f)]).returncode == 0
+
+
+def test_cells_of_two_seeds_keep_their_own_lanes():
+    """A post-hoc cell waits for the standard training of its own seed, not another one's."""
+    plan = "\n".join(
+        _block(
+            rule,
+            f"dataset=d, arch=vae, prior={prior}, seed={seed}",
+            f"{name}{seed} "
+            + (f"--init {M}/gaussian/standard/seed{seed}/model.pt " if init else "")
+            + f"--out {M}/{prior}/{mode}/seed{seed}/model.pt",
+        )
+        for seed in (1, 2)
+        for rule, prior, mode, name, init in (
+            ("train_posthoc", "lars", "posthoc", "T_post", True),
+            ("train_standard", "gaussian", "standard", "T_gauss", False),
+        )
+    )
+    s = gpu_plan.script(plan, "x")
+    assert s.count("\n(\n") == 2  # one lane per seed
+    for seed in (1, 2):
+        assert s.index(f"T_gauss{seed} ") < s.index(f"T_post{seed} ")
+        lane = s[s.rindex("\n(\n", 0, s.index(f"T_gauss{seed} ")) :]
+        lane = lane[: lane.index("\n) &")]
+        assert f"T_post{seed} " in lane and f"T_post{3 - seed} " not in lane
