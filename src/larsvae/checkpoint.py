@@ -30,12 +30,12 @@ import torch
 from .config import (
     ARCHS,
     LARS_PRIORS,
-    OUTPUT_LARS_ARCHS,
     PRIORS,
     SEED_MAX,
     ConfigError,
     model_config,
 )
+from .config import has_z as _has_z
 from .utils import UserError, atomic_torch_save
 
 FORMAT = "larsvae-checkpoint"
@@ -244,4 +244,4 @@ def is_lars(meta: dict[str, Any]) -> bool:
 
 def has_z(meta: dict[str, Any]) -> bool:
     """A LARS prior or LARS on the outputs: the model has a normalising constant Z."""
-    return is_lars(meta) or meta.get("arch") in OUTPUT_LARS_ARCHS
+    return _has_z(meta.get("prior"), meta.get("arch"), meta.get("mode", "standard"))

@@ -62,6 +62,12 @@ class ConfigError(ValueError):
     """A user error in parameters; the message names the key and what was expected."""
 
 
+def has_z(prior: str, arch: str, mode: str = "standard") -> bool:
+    """A LARS prior (joint or post hoc) or LARS on the outputs: the model has a normalising
+    constant Z to estimate; every other prior has Z = 1 exactly."""
+    return prior in LARS_PRIORS or mode == "posthoc" or arch in OUTPUT_LARS_ARCHS
+
+
 def _key(
     default: Any,
     group: str,
@@ -566,7 +572,7 @@ class Cell:
     @property
     def needs_z(self) -> bool:
         """LARS priors and resampled outputs have a Z (shards, reduce, evaluate with it)."""
-        return self.is_lars or self.arch in OUTPUT_LARS_ARCHS
+        return has_z(self.prior, self.arch, self.mode)
 
     @property
     def tag(self) -> str:

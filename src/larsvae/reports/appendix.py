@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..config import OUTPUT_LARS_ARCHS
+from ..config import has_z
 from ..utils import atomic_write_text
 from .paper import (
     DATASET_LABELS,
@@ -44,7 +44,6 @@ from .paper import (
 from .table1 import DASH, CellResult, _normalise, fmt, fmt_sci, header, now_utc
 
 NA = "n/a"  # the paper gives no value here (DASH is reserved for "we did not run it")
-NORMALISED = ("gaussian", "realnvp", "maf")  # priors with Z = 1 exactly: nothing estimated
 PAPER_SOURCE = "Paper values: Bauer & Mnih (AISTATS 2019), Appendix D, {}."
 
 
@@ -222,7 +221,7 @@ def _has_results(cell: CellResult | None) -> bool:
 
 def _normalised(row: Row) -> bool:
     """Z = 1 exactly: a normalised prior on a model whose outputs are not resampled."""
-    return row.prior in NORMALISED and row.arch not in OUTPUT_LARS_ARCHS
+    return not has_z(row.prior, row.arch, row.mode)
 
 
 def ours_z(sel: Selected) -> str:
