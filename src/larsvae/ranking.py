@@ -370,6 +370,22 @@ def _check_threshold(threshold: float | None) -> None:
         raise UserError(f"--threshold: expected a number in [0, 1], got {threshold!r}")
 
 
+def acceptance_stats(r: Ranked) -> dict[str, float]:
+    """Min, median, max and mean of the ranked a (and of log a); the mean is the Monte Carlo
+    estimate of Z = E_pi[a] (Eq. 2), with its standard error."""
+    a, n = r.a, len(r.log_a)
+    return {
+        "a_min": float(a.min()),
+        "a_median": math.exp(_log_median(r.log_a)),
+        "a_max": float(a.max()),
+        "a_mean": math.exp(_log_mean(r.log_a)),
+        "a_mean_stderr": float(a.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+        "log_a_min": float(r.log_a.min()),
+        "log_a_median": _log_median(r.log_a),
+        "log_a_max": float(r.log_a.max()),
+    }
+
+
 def rank_checkpoint(
     checkpoint: PathLike,
     out_dir: PathLike,
@@ -411,7 +427,6 @@ def rank_checkpoint(
     plot_grids(r, out / "grid.png", seed=seed)
     plot_sorted_acceptance(r, out / "acceptance.png")
 
-    a = r.a
     log_mean = _log_mean(r.log_a)
     above = None if threshold is None else float(_at_least(r, threshold).mean())
     summary: dict[str, Any] = {
@@ -422,15 +437,7 @@ def rank_checkpoint(
         "seed": seed,
         "device": str(dev),
         "proposal": type(model.top_prior.proposal).__name__,
-        "a_min": float(a.min()),
-        "a_median": math.exp(_log_median(r.log_a)),
-        "a_max": float(a.max()),
-        # the Monte Carlo estimate of Z = E_pi[a(z)] (Eq. 2) and its standard error
-        "a_mean": math.exp(log_mean),
-        "a_mean_stderr": float(a.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
-        "log_a_min": float(r.log_a.min()),
-        "log_a_median": _log_median(r.log_a),
-        "log_a_max": float(r.log_a.max()),
+        **acceptance_stats(r),
         "log_a_mean": log_mean,
         "threshold": threshold,
         "fraction_above_threshold": above,

@@ -419,22 +419,6 @@ DECODED_SAMPLES = (
 )
 
 
-def plot_output_grids(r, out_png, k: int = 25, seed: int = 0) -> None:
-    """Fig. D.9 (left): the k decoded samples with the highest a(x), k random, the k lowest
-    (:func:`larsvae.ranking.panel_indices`), each grid row-major in decreasing a(x)."""
-    from larsvae.ranking import plot_grids
-
-    plot_grids(r, out_png, k, seed, scored=DECODED_SAMPLES)
-
-
-def plot_sorted_output_acceptance(r, out_png) -> None:
-    """Fig. D.9 (right): a(x) of all n samples in decreasing order, log axis; the dashed
-    line is their mean, the Monte Carlo estimate of Z = E_pi[a(x)]."""
-    from larsvae.ranking import plot_sorted_acceptance
-
-    plot_sorted_acceptance(r, out_png, scored=DECODED_SAMPLES)
-
-
 def write_output_ranking(
     model: ResampledOutputsVAE,
     out_dir,
@@ -447,30 +431,21 @@ def write_output_ranking(
     ``samples.npz`` (:func:`larsvae.ranking.save_samples`, rank order) and last
     ``summary.json`` in ``out_dir`` (the names of ``ranking.OUTPUTS``), all atomic.
     ``extra`` (e.g. dataset, arch, checkpoint) is merged into the summary, returned too."""
-    from larsvae.ranking import _log_mean, _log_median, save_samples
+    from larsvae.ranking import acceptance_stats, plot_grids, plot_sorted_acceptance, save_samples
     from larsvae.utils import atomic_write_text
 
     r = rank_outputs(model, n, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_samples(r, out / "samples.npz")
-    plot_output_grids(r, out / "grid.png", seed=seed)
-    plot_sorted_output_acceptance(r, out / "acceptance.png")
-    a = r.a
+    plot_grids(r, out / "grid.png", seed=seed, scored=DECODED_SAMPLES)  # Fig. D.9, left
+    plot_sorted_acceptance(r, out / "acceptance.png", scored=DECODED_SAMPLES)  # right
     summary: dict[str, Any] = {
         **(extra or {}),
         "n": n,
         "seed": seed,
         "scored": "binary decoded samples x ~ pi(x)",
-        "a_min": float(a.min()),
-        "a_median": math.exp(_log_median(r.log_a)),
-        "a_max": float(a.max()),
-        # the Monte Carlo estimate of Z = E_pi[a(x)] and its standard error
-        "a_mean": math.exp(_log_mean(r.log_a)),
-        "a_mean_stderr": float(a.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
-        "log_a_min": float(r.log_a.min()),
-        "log_a_median": _log_median(r.log_a),
-        "log_a_max": float(r.log_a.max()),
+        **acceptance_stats(r),  # a_mean: the Monte Carlo estimate of Z = E_pi[a(x)]
         "files": {name: str(out / name) for name in ("grid.png", "acceptance.png", "samples.npz")},
     }
     atomic_write_text(
@@ -487,8 +462,6 @@ __all__ = [
     "ResampledOutputsVAE",
     "build_resampled_outputs",
     "nll_summary",
-    "plot_output_grids",
-    "plot_sorted_output_acceptance",
     "rank_outputs",
     "write_output_ranking",
 ]

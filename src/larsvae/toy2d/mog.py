@@ -242,7 +242,7 @@ class MogModel:
             return "RealNVP alone"
         t = "inf" if self.truncation is None else str(self.truncation)
         a = "MLP[" + "-".join(map(str, self.acceptance_hidden)) + "]"
-        over = "N(0, I)" if self.prior == "lars" else "RealNVP (joint)"
+        over = _PROPOSAL_NAME[self.prior]
         return f"LARS over {over}, a = {a}, T = {t}"
 
     def config(self, train_z_samples: int) -> ModelConfig:
