@@ -21,6 +21,10 @@ the B + S = 1152 rows of Z_r,curr and Z_S the same without the input gradient of
 first layer (3A - 5,000): 2 (128 * 3A + 1152 (3A - 5000)) = 104 MFLOP per step, +22% over
 the standard step at equal matmul efficiency, which bounds the LARS overhead from below.
 
+On the CPU two more rows time our eager step against the same step with the loss under
+``torch.compile`` (inductor's C++ kernels), to measure whether compiling would reach the
+goal; the pipeline trains eagerly (see the README's Performance section).
+
     python bench/run.py --only train [--device cuda] [--quick]
 """
 
@@ -251,4 +255,72 @@ def run(device: str, quick: bool) -> list[dict]:
             goal_met=overhead <= 0.15,
         )
     )
+    if not cuda:
+        rows += [_compiled_row(prior, cfg, steps, repeat, rate) for prior in ("gaussian", "lars")]
     return rows
+
+
+# -- would compiling the step reach the CPU goal? -------------------------------------------
+
+
+def _compile_loss(model) -> None:
+    """``model.loss`` under ``torch.compile`` (inductor; C++ kernels on the CPU). The KL
+    weight is passed as a tensor, else every warm-up value would compile anew; inductor
+    draws through aten (``fallback_random``), so both steps see the same random numbers."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fallback_random = True
+    compiled = torch.compile(model.loss, dynamic=False)
+    model.loss = lambda x, beta: compiled(x, torch.tensor(float(beta)))
+
+
+def _compiled_row(prior: str, cfg: TrainConfig, steps: int, repeat: int, rate: float) -> dict:
+    """Our eager CPU step against the same step with the loss compiled (forward and
+    backward fused by inductor; Adam is fused already): a measurement that says whether
+    compiling would reach the goal, not a path the pipeline takes (see the README)."""
+    model, stream = _setup(prior, "cpu")
+    eager_model, compiled_model = copy.deepcopy(model), copy.deepcopy(model)
+    _compile_loss(compiled_model)
+    x, beta = stream.batch(0), kl_beta(0, cfg.warmup_steps)
+    losses = []
+    for m in (eager_model, compiled_model):  # the first compiled call compiles (seconds)
+        train.seed_step(SEED, 0, module_device(m))
+        losses.append(float(m.loss(x, beta)["loss"].detach()))
+    rel = abs(losses[1] - losses[0]) / abs(losses[0])
+    made = []
+    for m in (eager_model, compiled_model):
+        opt = train.make_optimizer(list(m.parameters()), cfg.lr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            made.append(train._EagerStep(m, opt, stream, cfg, SEED))
+    clock = [0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        t_eager, t_compiled = (
+            t / steps * 1e3
+            for t in timeit_pair(
+                functools.partial(_run_steps, made[0], clock, steps),
+                functools.partial(_run_steps, made[1], clock, steps),
+                repeat,
+                "cpu",
+            )
+        )
+    limit = step_flop(prior == "lars") / rate * 1e3
+    name = "standard N(0,I)" if prior == "gaussian" else "LARS joint (S=1024)"
+    return row(
+        workload=f"training step, VAE L=1, {name}: the loss under torch.compile",
+        setting=f"cpu, inductor (C++), {torch.get_num_threads()} thread(s)",
+        baseline="our eager step (what fit runs on the CPU)",
+        baseline_value=t_eager,
+        ours_value=t_compiled,
+        unit="ms/step",
+        higher_is_better=False,
+        limit_value=limit,
+        check=(
+            f"loss of step 0, same (seed, t): eager {losses[0]:.6f}, compiled {losses[1]:.6f} "
+            f"(relative {rel:.1e}, tolerance 1e-5)"
+        ),
+        check_passed=rel <= 1e-5,
+        goal="context: would compiling reach 1.3x of the FLOP limit?",
+        goal_met=t_compiled <= 1.3 * limit,
+    )
