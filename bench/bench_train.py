@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import math
 import warnings
 
@@ -270,6 +271,7 @@ def _compile_loss(model) -> None:
     import torch._inductor.config as inductor_config
 
     inductor_config.fallback_random = True
+    torch._logging.set_logs(dynamo=logging.ERROR)  # LARS: a graph break at a Z check, by design
     compiled = torch.compile(model.loss, dynamic=False)
     model.loss = lambda x, beta: compiled(x, torch.tensor(float(beta)))
 
