@@ -8,7 +8,8 @@
 - Training step (VAE L = 1, batch 128, Adam): the step as ``fit`` runs it; the same step at
   tiny widths (H = 4, d = 2, batch 2: what remains is per-operation overhead, the same
   number of operations); and every matmul of the step timed by ``torch.profiler`` in the
-  step against the same product timed alone (warm caches).
+  step against the same product timed alone (warm caches); the largest weight-gradient
+  product alone with a transposed operand and after the caches were emptied.
 
 One thread, medians. A measurement for reading, not a benchmark row: ratios against
 baselines live in ``bench/run.py``.
@@ -190,6 +191,39 @@ def training(rate: float) -> list[str]:
     return lines
 
 
+def weight_gradient_product() -> list[str]:
+    """The step's (300, 128) x (128, 784) weight-gradient product on its own, three ways:
+    what the "alone" column above leaves out (operand layout, caches, fresh outputs)."""
+    h, g = torch.randn(128, 300), torch.randn(128, 784)
+    h_t, out = h.t().contiguous(), torch.empty(300, 784)
+    sweep = torch.empty(8 << 20)  # 32 MB: more than the caches hold
+
+    def cold(n: int = 200) -> float:
+        times = []
+        for _ in range(n + 20):
+            sweep.add_(1.0)
+            t0 = time.perf_counter()
+            torch.mm(h.t(), g)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times[20:]) * 1e6
+
+    cases = [
+        ("contiguous operands, output reused, warm caches", _us(lambda: torch.mm(h_t, g, out=out))),
+        (
+            "a transposed operand (as autograd passes it), fresh output, warm caches",
+            _us(lambda: torch.mm(h.t(), g)),
+        ),
+        ("the same after a 32 MB sweep (caches emptied, as by the rest of a step)", cold()),
+    ]
+    lines = [
+        "The step's (300, 128) x (128, 784) weight-gradient product on its own:",
+        "",
+        "| operands and caches | us |",
+        "|---|---:|",
+    ]
+    return lines + [f"| {name} | {us:.0f} |" for name, us in cases] + [""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "reports" / "profile_cpu.md")
@@ -206,7 +240,7 @@ def main() -> None:
         f"{rate / 1e9:.1f} GFLOP/s (2048^3).",
         "",
     ]
-    lines += z_chunk(rate) + training(rate)
+    lines += z_chunk(rate) + training(rate) + weight_gradient_product()
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
 
