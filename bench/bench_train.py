@@ -268,11 +268,8 @@ def run(device: str, quick: bool) -> list[dict]:
             try:
                 rows.append(_compiled_row(prior, cfg, steps, repeat, rate))
             except torch._dynamo.exc.TorchDynamoException as e:  # e.g. no C++ compiler
-                print(
-                    f"[train] torch.compile row ({prior}) skipped: {type(e).__name__}: {e}".splitlines()[
-                        0
-                    ]
-                )
+                msg = f"[train] torch.compile row ({prior}) skipped: {type(e).__name__}: {e}"
+                print(msg.splitlines()[0])
     return rows
 
 
@@ -316,7 +313,8 @@ def _compiled_row_measured(prior, cfg, steps, repeat, rate) -> dict:
     (l_e, _, g_e), (l_c, compile_s, g_c) = out
     rel = abs(l_c - l_e) / abs(l_e)
     grad_err = max(
-        float((c - e).abs().max() / e.abs().max()) for e, c in zip(g_e, g_c, strict=True)
+        float((c - e).abs().max() / e.abs().max().clamp_min(torch.finfo(e.dtype).tiny))
+        for e, c in zip(g_e, g_c, strict=True)
     )
     # (2) CHECK_STEPS training steps from the same weights: do the bits stay?
     made = []
