@@ -3,8 +3,8 @@
 Every Snakemake job is a new Python process that imports torch, loads and checks its
 checkpoint (the memory estimate of :mod:`larsvae.memory` included) and only then works; 17
 of the main job's 22 jobs do this (3 trainings, 8 Z shards, 3 IWAE evaluations, 3 sample
-grids), the quick appendix programme hundreds. Here the work is tiny (2e4 proposals of a(z) for the paper's VAE, d = 50, H = 300), so the wall
-time of the process is its fixed cost.
+grids), the quick appendix programme hundreds. Here the work is tiny (2e4 proposals of a(z)
+for the paper's VAE, d = 50, H = 300), so the wall time of the process is its fixed cost.
 
 Ours: the command as the DAG runs it. Baseline, alternately and in the same way: the same
 command with the memory check's layer-output pass on PyTorch's ``meta`` device, as before
@@ -75,17 +75,11 @@ def _run(code: str, args: list[str]) -> float:
 
 
 def _z_args(ckpt: Path, out: Path, device: str) -> list[str]:
-    return ["estimate-z", "--device", device, "--threads", "1", "--checkpoint", str(ckpt)] + [
-        "--shard",
-        "0",
-        "--num-shards",
-        "1",
-        "--eval-params",
-        json.dumps(Z),
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    return (
+        ["estimate-z", "--device", device, "--threads", "1", "--checkpoint", str(ckpt)]
+        + ["--shard", "0", "--num-shards", "1", "--eval-params", json.dumps(Z)]
+        + ["--out", str(out), "--no-progress"]
+    )
 
 
 def _shapes_agree(ckpt: Path) -> bool:

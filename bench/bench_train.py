@@ -140,25 +140,33 @@ class PlainStep:
 # -- the benchmark -----------------------------------------------------------------------
 
 
-def _setup(prior: str, device: str):
+def _setup(prior: str, device: str, cfg: ModelConfig = CFG, batch: int = BATCH, images=4096):
+    """The VAE (seed 0) in train mode and a dynamic-binarisation stream over ``images``
+    random grey images."""
     torch.manual_seed(0)
-    model = build_model("vae", prior, CFG).to(device).train()
-    grey = np.random.default_rng(0).integers(0, 256, (4096, 784), dtype=np.uint8)
-    stream = BatchStream(grey, BATCH, seed=1, device=device)
+    model = build_model("vae", prior, cfg).to(device).train()
+    grey = np.random.default_rng(0).integers(0, 256, (images, 784), dtype=np.uint8)
+    stream = BatchStream(grey, batch, seed=1, device=device)
     return model, stream
 
 
+def _batch0_loss(loss_fn, model, stream) -> torch.Tensor:
+    """``loss_fn(model, batch 0, beta)["loss"]`` from step 0's random numbers at KL weight
+    beta = 1 (step 0's own weight is 0 in the warm-up, which would leave the prior out of
+    a comparison)."""
+    train.seed_step(SEED, 0, module_device(model))
+    return loss_fn(model, stream.batch(0), 1.0)["loss"]
+
+
+def _ours_loss(model, x, beta):
+    return model.loss(x, beta)
+
+
 def _same_loss(model, stream) -> tuple[float, float]:
-    """Loss of batch 0 from the plain and from our forward, on copies of the same model,
-    from step 0's random numbers, at KL weight 1 (step 0's own weight is 0 in the warm-up,
-    which would leave the prior out of the comparison)."""
-    a, b = copy.deepcopy(model), copy.deepcopy(model)
-    x, beta = stream.batch(0), 1.0
-    train.seed_step(SEED, 0, module_device(a))
-    plain = float(plain_loss(a, x, beta)["loss"].detach())
-    train.seed_step(SEED, 0, module_device(b))
-    ours = float(b.loss(x, beta)["loss"].detach())
-    return plain, ours
+    """:func:`_batch0_loss` of the plain and of our forward, on copies of the same model."""
+    plain = _batch0_loss(plain_loss, copy.deepcopy(model), stream)
+    ours = _batch0_loss(_ours_loss, copy.deepcopy(model), stream)
+    return float(plain.detach()), float(ours.detach())
 
 
 def _run_steps(step, clock: list[int], n: int) -> None:
@@ -223,8 +231,9 @@ def run(device: str, quick: bool) -> list[dict]:
                 higher_is_better=False,
                 limit_value=limit,
                 check=(
-                    f"loss of batch 0 at beta=1, same random numbers: plain {plain_loss_value:.6f}, ours "
-                    f"{ours_loss_value:.6f} (relative {rel:.1e}, tolerance 1e-5)"
+                    f"loss of batch 0 at beta=1, same random numbers: plain "
+                    f"{plain_loss_value:.6f}, ours {ours_loss_value:.6f} (relative {rel:.1e}, "
+                    "tolerance 1e-5)"
                 ),
                 check_passed=rel <= 1e-5,
                 goal=goal,
@@ -303,11 +312,10 @@ def _compiled_row_measured(prior, cfg, steps, repeat, rate) -> dict:
     loss_fn = torch.compile(compiled.loss, dynamic=False)
     compiled.loss = lambda x, beta: loss_fn(x, torch.tensor(float(beta)))
     # (1) one batch at beta = 1 (the prior's term counts): loss and gradients
-    x, out = stream.batch(0), []
+    out = []
     for m in (eager, compiled):
-        train.seed_step(SEED, 0, module_device(m))
         t0 = time.perf_counter()
-        loss = m.loss(x, 1.0)["loss"]
+        loss = _batch0_loss(_ours_loss, m, stream)
         loss.backward()  # the compiled model's first call compiles forward and backward
         out.append((float(loss.detach()), time.perf_counter() - t0, _grads(m)))
     (l_e, _, g_e), (l_c, compile_s, g_c) = out

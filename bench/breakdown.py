@@ -24,17 +24,15 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
+import bench_train
 import torch
 from common import cpu_model, flop_rate, mlp_flops
 from torch.profiler import ProfilerActivity, profile
 
 from larsvae import train
 from larsvae.config import ModelConfig, TrainConfig
-from larsvae.data import BatchStream
 from larsvae.distributions import AcceptanceMLP, StandardNormal
 from larsvae.distributions.lars import _acceptance_logits
-from larsvae.models import build_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -113,10 +111,7 @@ def z_chunk(rate: float) -> list[str]:
 
 
 def _vae_step(prior: str, cfg: ModelConfig, batch: int, images: int):
-    torch.manual_seed(0)
-    model = build_model("vae", prior, cfg).train()
-    grey = np.random.default_rng(0).integers(0, 256, (images, 784), dtype=np.uint8)
-    stream = BatchStream(grey, batch, seed=1)
+    model, stream = bench_train._setup(prior, "cpu", cfg, batch, images)
     tc = TrainConfig(batch_size=batch, warmup_steps=1000)
     opt = train.make_optimizer(list(model.parameters()), tc.lr)
     return train._make_step(model, opt, stream, tc, 3, print)
@@ -135,8 +130,6 @@ def _step_ms(step, n: int) -> float:
 
 
 def training(rate: float) -> list[str]:
-    import bench_train
-
     tiny = ModelConfig(hidden=4, latent_dim=2, acceptance_hidden=(4, 4), train_z_samples=4)
     lines = [
         "## Training step (VAE L = 1, batch 128, Adam)",
@@ -196,7 +189,7 @@ def weight_gradient_product() -> list[str]:
     what the "alone" column above leaves out (operand layout, caches, fresh outputs)."""
     h, g = torch.randn(128, 300), torch.randn(128, 784)
     h_t, out = h.t().contiguous(), torch.empty(300, 784)
-    sweep = torch.empty(8 << 20)  # 32 MB: more than the caches hold
+    sweep = torch.zeros(8 << 20)  # 32 MB: more than the caches hold
 
     def cold(n: int = 200) -> float:
         times = []
