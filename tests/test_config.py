@@ -131,8 +131,8 @@ def test_parse_params_applies_overrides_per_dataset_and_lists_cells():
     }
     p = C.parse_params(raw)
     assert p.runs == "runs/t" and len(p.cells) == 2 * 2 * 2
-    assert p.section("train", "static_mnist").lr == 1e-3
-    assert p.section("train", "omniglot").lr == C.TrainConfig().lr
+    assert p.section("train", "static_mnist", "vae").lr == 1e-3
+    assert p.section("train", "omniglot", "vae").lr == C.TrainConfig().lr
     cell = C.Cell("static_mnist", "vae", "lars", "posthoc", 1)
     assert p.step_params("train_posthoc", cell)["posthoc"]["lr"] == C.TrainConfig().lr
     assert set(p.step_params("estimate_z", cell)["evaluate"]) == {
@@ -143,6 +143,45 @@ def test_parse_params_applies_overrides_per_dataset_and_lists_cells():
     raw["overrides"]["omniglot"] = {"model": {"truncation": 0}}
     with pytest.raises(C.ConfigError, match=r"^overrides\.omniglot\.model\.truncation"):
         C.parse_params(raw)
+
+
+def test_arch_overrides_go_under_the_dataset_ones_and_experiments_take_own_seeds():
+    raw = {
+        "name": "t",
+        "paths": {"runs": "runs/t", "reports": "reports/t"},
+        "seeds": [1],
+        **{name: {} for name in C.SECTIONS},
+        "overrides": {
+            "convhvae": {"train": {"iterations": 600, "lr": 1e-3}},
+            "static_mnist": {"train": {"lr": 2e-3, "eval_every": 10}},
+        },
+        "experiments": [
+            {
+                "datasets": ["static_mnist", "omniglot"],
+                "archs": ["vae", "convhvae"],
+                "runs": [{"prior": "gaussian", "mode": "standard"}],
+            },
+            {
+                "datasets": ["omniglot"],
+                "archs": ["vae"],
+                "seeds": [1, 7],
+                "runs": [{"prior": "lars", "mode": "standard"}],
+            },
+        ],
+    }
+    jsonschema.validate(raw, C.params_schema())
+    p = C.parse_params(raw)
+    conv, vae = p.section("train", "omniglot", "convhvae"), p.section("train", "omniglot", "vae")
+    assert (conv.iterations, conv.lr) == (600, 1e-3)
+    assert (vae.iterations, vae.lr) == (C.TrainConfig().iterations, C.TrainConfig().lr)
+    static_conv = p.section("train", "static_mnist", "convhvae")  # the dataset's key wins
+    assert (static_conv.iterations, static_conv.lr, static_conv.eval_every) == (600, 2e-3, 10)
+    cell = C.Cell("omniglot", "convhvae", "gaussian", "standard", 1)
+    assert p.step_params("train", cell)["train"]["iterations"] == 600
+    seeds = sorted(c.seed for c in p.cells if c.prior == "lars")
+    assert seeds == [1, 7] and p.seeds == (1, 7) and len(p.cells) == 4 + 2
+    with pytest.raises(C.ConfigError, match=r"overrides\.convhvae\.train\.iterations: expected"):
+        C.parse_params({**raw, "overrides": {"convhvae": {"train": {"iterations": 0}}}})
 
 
 def _two_d_params(variants):

@@ -492,10 +492,11 @@ def params_schema() -> dict[str, Any]:
                 "additionalProperties": {"$ref": "#/$defs/model"},
             },
             "overrides": {
-                "description": "per-dataset values deep-merged over the sections above",
+                "description": "per-architecture and per-dataset values deep-merged over the "
+                "sections above (an architecture's first, then the dataset's on top)",
                 "type": "object",
                 "default": {},
-                "propertyNames": {"enum": list(DATASETS)},
+                "propertyNames": {"enum": [*ARCHS, *DATASETS]},
                 "additionalProperties": {
                     "type": "object",
                     "additionalProperties": False,
@@ -510,6 +511,13 @@ def params_schema() -> dict[str, Any]:
                     "additionalProperties": False,
                     "required": ["datasets", "archs", "runs"],
                     "properties": {
+                        "seeds": {
+                            "description": "this experiment's seeds (default: the top-level seeds)",
+                            "type": "array",
+                            "minItems": 1,
+                            "uniqueItems": True,
+                            "items": {"type": "integer", "minimum": 0, "maximum": SEED_MAX},
+                        },
                         "appendix": {
                             "description": "appendix experiment: in the appendix reports, "
                             "not in Table 1 (cells identical to Table 1's are shared)",
@@ -599,15 +607,16 @@ class Params:
     reports: str
     mirrors: tuple[str, ...]
     seeds: tuple[int, ...]
-    sections: dict[str, dict[str, Any]]  # dataset -> section -> config (overrides applied)
-    raw: dict[str, dict[str, dict[str, Any]]]  # dataset -> section -> merged plain dict
+    # (dataset, arch) -> section -> config / plain dict, overrides applied
+    sections: dict[tuple[str, str], dict[str, Any]]
+    raw: dict[tuple[str, str], dict[str, dict[str, Any]]]
     top: dict[str, dict[str, Any]]  # section -> plain dict without overrides (all defaults)
     variants: dict[str, dict[str, Any]]  # variant name -> model keys it sets
     cells: tuple[Cell, ...]  # every cell of the budget's programme
     main_cells: tuple[Cell, ...]  # the cells of experiments not marked appendix (Table 1)
 
-    def section(self, name: str, dataset: str) -> Any:
-        return self.sections[dataset][name]
+    def section(self, name: str, dataset: str, arch: str) -> Any:
+        return self.sections[dataset, arch][name]
 
     def model_raw(self, cell: Cell) -> dict[str, Any]:
         """The cell's model section: the dataset's, with the cell's variant on top."""
@@ -616,7 +625,7 @@ class Params:
                 f"variant: unknown value {cell.variant!r} (expected one of: "
                 f"{', '.join(sorted(self.variants)) or 'none defined'})"
             )
-        return {**self.raw[cell.dataset]["model"], **self.variants.get(cell.variant, {})}
+        return {**self.raw[cell.dataset, cell.arch]["model"], **self.variants.get(cell.variant, {})}
 
     def posthoc_init(self, cell: Cell) -> Cell:
         """The standard-prior cell a post-hoc cell starts from: same dataset, arch and seed,
@@ -667,7 +676,7 @@ class Params:
 
     def step_params(self, step: str, cell: Cell) -> dict[str, dict[str, Any]]:
         """section -> {key: value} of exactly the keys ``step`` reads for ``cell``."""
-        raw = {**self.raw[cell.dataset], "model": self.model_raw(cell)}
+        raw = {**self.raw[cell.dataset, cell.arch], "model": self.model_raw(cell)}
         return {
             sec: {k: raw[sec][k] for k in keys}
             for sec, keys in step_keys(step, cell.prior, cell.arch).items()
@@ -683,7 +692,7 @@ def parse_params(d: Mapping[str, Any]) -> Params:
             for arch in exp["archs"]:
                 for run in exp["runs"]:
                     v = run.get("variant", BASE)
-                    for seed in d["seeds"]:
+                    for seed in exp.get("seeds") or d["seeds"]:
                         cell = Cell(ds, arch, run["prior"], run["mode"], int(seed), v)
                         cells[cell] = None
                         if not exp.get("appendix", False):
@@ -703,20 +712,22 @@ def parse_params(d: Mapping[str, Any]) -> Params:
             )
     overrides = d.get("overrides") or {}
     sections, raw = {}, {}
-    for ds in DATASETS:  # every dataset, so any cell a user asks for has its sections
-        raw[ds], sections[ds] = {}, {}
+    # every dataset and arch, so any cell a user asks for has its sections
+    for ds, arch in itertools.product(DATASETS, ARCHS):
+        raw[ds, arch], sections[ds, arch] = {}, {}
         for name, cls in SECTIONS.items():
-            over = (overrides.get(ds) or {}).get(name) or {}
-            where = f"overrides.{ds}.{name}" if over else name
-            parsed = parse(cls, _deep_merge(d[name], over), where)
-            sections[ds][name] = parsed
-            raw[ds][name] = to_dict(parsed)
+            over = [(k, (overrides.get(k) or {}).get(name) or {}) for k in (arch, ds)]
+            merged = _deep_merge(_deep_merge(d[name], over[0][1]), over[1][1])
+            where = ".".join(["overrides", *(k for k, o in over if o), name])
+            parsed = parse(cls, merged, where if merged != d[name] else name)
+            sections[ds, arch][name] = parsed
+            raw[ds, arch][name] = to_dict(parsed)
     return Params(
         name=d["name"],
         runs=d["paths"]["runs"].rstrip("/"),
         reports=d["paths"]["reports"].rstrip("/"),
         mirrors=tuple((d.get("data") or {}).get("mirrors") or ()),
-        seeds=tuple(int(s) for s in d["seeds"]),
+        seeds=tuple(dict.fromkeys(c.seed for c in cells)),
         sections=sections,
         raw=raw,
         top={name: to_dict(parse(cls, d[name], name)) for name, cls in SECTIONS.items()},

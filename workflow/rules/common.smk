@@ -124,7 +124,7 @@ class Wildcards(dict):
 
 def z_shards(wildcards):
     """The shard files reduced into one Z estimate (count: evaluate.z_shards)."""
-    n = P.section("evaluate", wildcards.dataset).z_shards
+    n = P.section("evaluate", wildcards.dataset, wildcards.arch).z_shards
     return [L.z_shard(**wildcards, shard=i, nshards=n) for i in range(n)]
 
 
@@ -194,7 +194,7 @@ def _spec(cells):
             for section, values in P.step_params(step, c).items():
                 b.setdefault(section, {}).update(values)
         if c.needs_z:
-            b["evaluate"]["z_shards"] = P.section("evaluate", c.dataset).z_shards
+            b["evaluate"]["z_shards"] = P.section("evaluate", c.dataset, c.arch).z_shards
     spec = {"name": P.name, "seeds": list(P.seeds), "budget": budget,
             "cells": [_cell_files(c) for c in cells]}
     return _json(spec)
