@@ -1,6 +1,6 @@
 """The benchmark runner: every workload against its plain baseline, in one process.
 
-    python bench/run.py [--device cpu|cuda] [--only z,sampler,iwae,train,jobs] [--quick]
+    python bench/run.py [--device cpu|cuda] [--only z,sampler,iwae,train,arch,jobs] [--quick]
                         [--threads N] [--out reports/benchmarks.json]
 
 Sets the thread count (1 by default: the figures are per CPU thread), measures this
@@ -25,7 +25,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-WORKLOADS = ("z", "sampler", "iwae", "train", "jobs")
+WORKLOADS = ("z", "sampler", "iwae", "train", "arch", "jobs")
 FORMAT = "larsvae.benchmarks/1"
 
 

@@ -1,8 +1,11 @@
 """bench/run.py: a failing check fails the run (after the report is written), reports merge
-by device, and the benchmark checks have power (they reject a wrong Z and wrong samples)."""
+by device, and the benchmark checks have power (they reject a wrong Z, wrong samples, another
+training schedule and other IWAE noise); the per-architecture FLOP count agrees with the
+count by hand."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -14,11 +17,14 @@ import torch
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
+import bench_arch  # noqa: E402
 import bench_sampler  # noqa: E402
 import common  # noqa: E402
 import run  # noqa: E402
 
+from larsvae.config import ModelConfig, TrainConfig  # noqa: E402
 from larsvae.distributions import ResampledPrior, StandardNormal  # noqa: E402
+from larsvae.evaluation import iwae_log_likelihood  # noqa: E402
 from larsvae.zestimate import estimate_z  # noqa: E402
 
 FAKE = """
@@ -97,3 +103,52 @@ def test_sampler_check_rejects_the_proposal():
     assert stats.kstest((z.double() @ v.double()).numpy(), cdf).pvalue > 1e-3
     raw = prior.proposal.sample(4000, generator=g)
     assert stats.kstest((raw.double() @ v.double()).numpy(), cdf).pvalue < 1e-6
+
+
+SMALL = ModelConfig(latent_dim=8, hidden=64, acceptance_hidden=(32, 32), train_z_samples=128)
+
+
+def test_arch_flops_agree_with_the_count_by_hand():
+    """FlopCounterMode on the trainer step of a VAE: forward F, weight gradients F, input
+    gradients F - 784 H (none into x), per example; LARS adds a(z) forward and backward on
+    the B posterior samples and, without the first layer's input gradient, on the B + S
+    rows of its Z estimate (bench_train's module docstring)."""
+    b, d, h = 32, SMALL.latent_dim, SMALL.hidden
+    cfg = TrainConfig(batch_size=b, warmup_steps=10)
+    stream = bench_arch.grey_stream(b, "cpu", images=256)
+    fwd = 784 * h + h * h + 2 * h * d + d * h + h * h + h * 784
+    standard = 2 * (3 * fwd - 784 * h) * b
+    sizes = (d, *SMALL.acceptance_hidden, 1)
+    a = sum(i * o for i, o in zip(sizes[:-1], sizes[1:], strict=True))
+    extra = 2 * (b * 3 * a + (b + SMALL.train_z_samples) * (3 * a - sizes[0] * sizes[1]))
+    for prior, want in (("gaussian", standard), ("lars", standard + extra)):
+        model = bench_arch.make_model("vae", prior, SMALL)
+        assert bench_arch.train_step_flops(model, stream, cfg) == want
+
+
+def test_arch_train_check_rejects_another_schedule():
+    """Trainer and textbook steps agree to 1% of an update on the same schedule, and not
+    with the textbook's learning rate doubled."""
+    model = bench_arch.make_model("hvae", "lars", SMALL)
+    stream = bench_arch.grey_stream(32, "cpu", images=256)
+    cfg = TrainConfig(batch_size=32, warmup_steps=10)
+    apart, moved, *_ = bench_arch.same_updates(model, stream, cfg)
+    assert 0 < moved and apart <= 0.01 * moved
+    other = dataclasses.replace(cfg, lr=2 * cfg.lr)
+    apart, moved, *_ = bench_arch.same_updates(model, stream, cfg, other)
+    assert apart > 0.01 * moved
+
+
+@pytest.mark.parametrize("arch", ["hvae", "convhvae"])
+def test_arch_iwae_check_matches_the_loop_and_rejects_other_noise(arch):
+    """iwae_log_likelihood equals the per-image loop on the same random numbers (two latent
+    layers: z2's noise then z1's, point after point), and another seed is rejected."""
+    model = bench_arch.make_model(arch, "lars", SMALL).eval()
+    x = bench_arch.binary_images(3, "cpu")
+    k = 200  # L k d = 3200, a multiple of 16: the same numbers as point-by-point draws
+    ours = iwae_log_likelihood(model, x, k=k, batch_size=100, k_chunk=1000, seed=7)
+    ref = bench_arch.per_image_loop(model, x, k, seed=7)
+    tol = 1e-6 * float(ref.abs().max())
+    assert float((ours - ref).abs().max()) <= tol
+    other = bench_arch.per_image_loop(model, x, k, seed=8)
+    assert float((ours - other).abs().max()) > 100 * tol
