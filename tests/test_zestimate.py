@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import random
+import statistics
 
 import pytest
 import torch
@@ -39,6 +40,36 @@ def test_estimate_matches_closed_form_and_stderr(d, c, s):
     assert est.stderr == pytest.approx(math.sqrt(var_true / n), rel=0.03)
     assert est.log_mean == pytest.approx(math.log(est.mean), rel=1e-15)
     assert est.sum_sq / est.n - est.mean**2 == pytest.approx(var_true, rel=0.03)
+
+
+def test_stderr_pools_the_spread_within_and_between_batches():
+    """Units 0, 0 in batch 0 and 1, 1 in batch 1: no spread inside either batch, all of it
+    between them. Unbiased variance 1/3, so SE = sqrt(1/3 / 4), whatever the grouping."""
+    from larsvae.zestimate import BatchPartial
+
+    parts = (BatchPartial(0, 2, 2, 0.0, 0.0, 0.0), BatchPartial(1, 2, 2, 2.0, 2.0, 0.0))
+    est = ZEstimate(parts, seed=0, batch_size=2, num_samples=4, antithetic=False)
+    assert est.mean == 0.5 and est.stderr == pytest.approx(math.sqrt(1 / 3 / 4), rel=1e-15)
+    whole = (BatchPartial(0, 4, 4, 2.0, 2.0, 1.0),)  # the same four units in one batch
+    one = ZEstimate(whole, seed=0, batch_size=4, num_samples=4, antithetic=False)
+    assert one.stderr == pytest.approx(est.stderr, rel=1e-15)
+
+
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_stderr_matches_the_spread_of_many_small_batch_estimates(antithetic):
+    """400 independent estimates (seeds) of 2-unit batches: the mean reported variance SE^2
+    is the variance of the estimates across seeds. Within 2-unit batches alone it would be
+    about half of that, so this fails if the merge loses the between-batch spread."""
+    acc = GaussianAcceptance(0.8, 1.2)
+    batch = 4 if antithetic else 2  # evaluations: 2 units either way
+    runs = [
+        estimate_z(acc, StandardNormal(3), 64, batch, antithetic=antithetic, seed=s)
+        for s in range(400)
+    ]
+    means = torch.tensor([e.mean for e in runs], dtype=torch.float64)
+    reported = statistics.fmean(e.stderr**2 for e in runs)
+    # the sample variance of 400 means has a relative sd of about sqrt(2 / 399) = 7 %
+    assert 0.75 < reported / float(means.var()) < 1.33, reported / float(means.var())
 
 
 def test_tiny_z_is_estimated_in_float64():

@@ -432,6 +432,15 @@ def _check_batches(estimate: Any, what: str) -> None:
             )
 
 
+def _check_z_value(est: Any, what: str) -> None:
+    """Refuse an estimate that cannot be Z = E[a(z)] (larsvae.zestimate.z_problem)."""
+    from .zestimate import z_problem
+
+    problem = z_problem(est)
+    if problem is not None:
+        raise UserError(f"{what}: {problem}")
+
+
 def _read_shard(path: PathLike) -> dict[str, Any]:
     from .zestimate import ZEstimate
 
@@ -455,6 +464,8 @@ def reduce_z(shards: Sequence[PathLike], out: PathLike) -> dict[str, Any]:
         est = obj["_est"]
         if not (math.isfinite(est.sum) and math.isfinite(est.sum_sq)):
             raise UserError(f"shard {path}: a batch sum is NaN or infinite; rerun this shard")
+        if est.n:  # the merged Z is a weighted mean of the shards' means: each a possible Z
+            _check_z_value(est, f"shard {path}")
     first_path, first = objs[0]
     for path, obj in objs[1:]:
         for key in _SHARD_KEYS:
@@ -534,13 +545,7 @@ def read_z(path: PathLike, checkpoint: PathLike) -> Any:
         )
     if sha != file_sha256(checkpoint):
         raise UserError(f"--z {path}: Z was estimated for another checkpoint than {checkpoint}")
-    mean = float(est.mean)
-    if not math.isfinite(mean):
-        raise UserError(
-            f"--z {path}: Z = {mean} is not a finite number (a batch sum is NaN or infinite)"
-        )
-    if mean > 1.0:
-        raise UserError(f"--z {path}: Z = {mean} > 1 is impossible (Z = E[a(z)], a in [0, 1])")
+    _check_z_value(est, f"--z {path}")
     if not math.isfinite(float(est.log_mean)):
         raise UserError(
             f"--z {path}: Z estimate underflows (log Z = {est.log_mean}): every "
@@ -730,7 +735,10 @@ def z_convergence(z_files: dict[str, PathLike], out: PathLike) -> None:
     sampling: batch b's draws depend only on (seed, b), so the curve is the sequential one)."""
     from .reports.zconvergence import plot_z_convergence
 
-    curves = {label: _z_file(path)[1] for label, path in z_files.items()}
+    curves = {}
+    for label, path in z_files.items():
+        curves[label] = _z_file(path)[1]
+        _check_z_value(curves[label], f"--z {path}")
     plot_z_convergence(curves, out)
 
 
@@ -767,6 +775,7 @@ def rank(
     from .ranking import rank_checkpoint
 
     ckpt = load_checkpoint(existing_file(checkpoint, "--checkpoint"))
+    _check_cell(checkpoint, ckpt["meta"])  # as estimate-z and sampling: never another cell's
     if isinstance(n, int) and n >= 1:  # rank_checkpoint words the error otherwise
         check_size(ckpt, checkpoint)
         est = memory.rank_job(ckpt["meta"], n, device)

@@ -201,6 +201,20 @@ class ZEstimate:
         return est
 
 
+def z_problem(est: ZEstimate) -> str | None:
+    """Why ``est`` cannot be a normaliser Z = E_pi[a(z)] with a(z) in [0, 1] (Eq. 2): a
+    mean that is not finite (a NaN or infinite batch sum) or outside [0, 1]; None if it can
+    be. Every reader of a Z file asks this before using or drawing the estimate."""
+    mean = est.mean
+    if not math.isfinite(mean):
+        return f"Z = {mean} is not a finite number (a batch sum is NaN or infinite)"
+    if mean > 1.0:
+        return f"Z = {mean} > 1 is impossible (Z = E[a(z)], a in [0, 1])"
+    if mean < 0.0:
+        return f"Z = {mean} < 0 is impossible (Z = E[a(z)], a in [0, 1])"
+    return None
+
+
 def _check_int(name: str, v: Any, minimum: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {v!r}")
@@ -310,4 +324,4 @@ def estimate_prior_z(prior: nn.Module, num_samples: int, batch_size: int, **kwar
     return estimate_z(prior.acceptance, prior.proposal, num_samples, batch_size, **kwargs)
 
 
-__all__ = ["BatchPartial", "ZEstimate", "estimate_z", "estimate_prior_z", "FORMAT"]
+__all__ = ["BatchPartial", "ZEstimate", "estimate_z", "estimate_prior_z", "z_problem", "FORMAT"]
