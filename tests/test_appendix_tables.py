@@ -193,22 +193,29 @@ def test_table_d3_rows_by_truncation_not_variant_name(spec, tmp_path):
     # T = inf: Z and its SE in scientific notation (Z from z.json; nll.json has none)
     assert "| T = ∞ | **82.70** / 82.67 | **2.500e-06** / 2e-6 | 3.10e-08 | **24.80** / 24.8 |" in t
     assert "| T = 2 | — / 84.60 | — / 0.19 | — | — / 25.4 | — / 63.2 |" in t
+    # the paper's first row: the standard prior the truncations are compared with
+    assert (
+        f"| standard prior N(0, I) | **{_pm(85.0, 85.4)}** / 84.97 | **1** / 1 | exact | "
+        f"**{_pm(25.0, 25.2)}** / 25.8 | **{_pm(64.0, 64.2)}** / 63.3 |"
+    ) in t
     assert "Not run in this budget: dynamicMNIST, T = 2; dynamicMNIST, T = 5; dynamicMNIST, T = 10." in t  # fmt: skip
 
 
 def test_table_d45_flow_priors_and_plain_mc(spec, tmp_path):
     t = render_table_d45(spec, tmp_path, NOW)
     dm, om = _section(t, "Table D.4: dynamicMNIST"), _section(t, "Table D.5: Omniglot")
-    assert "| RealNVP prior | **81.90** / 81.86 | **1** / n/a | exact | n/a (Z = 1) |" in dm
-    assert "| MAF prior | — / 81.58 | — / n/a | — | — |" in dm
+    # the paper prints Z = 1 for the normalised priors
+    assert "| N(0, I) | **" in dm and " / 84.97 | **1** / 1 | exact | n/a (Z = 1) |" in dm
+    assert "| RealNVP prior | **81.90** / 81.86 | **1** / 1 | exact | n/a (Z = 1) |" in dm
+    assert "| MAF prior | — / 81.58 | — / 1 | — | — |" in dm
     assert f"| LARS over N(0, I) | **{_pm(83.0, 83.5)}** / 83.04 | **0.016 ± 0.0014** / 0.015 | 2.00e-05 | antithetic pairs |" in dm  # fmt: skip
     assert (
         "| LARS over a jointly trained RealNVP | **81.20** / 81.15 | **0.03** / 0.027 | "
         "2.00e-04 | plain MC |"
     ) in dm
     assert "MAF" not in om  # the paper has no MAF on Omniglot and we ran none
-    assert "| N(0, I) | **104.60** / 104.53 | **1** / n/a | exact | n/a (Z = 1) |" in om
-    assert "| RealNVP prior | — / 101.50 |" in om
+    assert "| N(0, I) | **104.60** / 104.53 | **1** / 1 | exact | n/a (Z = 1) |" in om
+    assert "| RealNVP prior | — / 101.50 | — / 1 | — | — |" in om
     assert "| LARS over N(0, I) | — / 102.68 | — / 0.012 | — | — |" in om
     assert "plain Monte Carlo" in t
 
@@ -250,6 +257,7 @@ def test_nothing_run_renders_dashes_only(tmp_path):
     spec = {"name": "paper", "seeds": [1], "budget": {}, "cells": []}
     t = render_table_d3(spec, tmp_path, NOW)
     assert "| T = ∞ | — / 82.67 | — / 2e-6 | — | — / 24.8 | — / 61.5 |" in t
+    assert "| standard prior N(0, I) | — / 84.97 | — / 1 | — | — / 25.8 | — / 63.3 |" in t
     assert "(single seed)" in t and "NOT the paper's budget" not in t
 
 
@@ -272,3 +280,16 @@ def test_table_d6_resampled_outputs(spec, tmp_path):
     assert f"| standard prior N(0, I) | **{_pm(85.0, 85.4)}** / 84.97 |" in t
     assert f"| resampled prior (LARS on z) | **{_pm(83.0, 83.5)}** / 83.04 |" in t
     assert all(f" / {r['nll']:.2f} |" in t for r in PAPER_TABLE_D6.values())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None, "84.1"])
+def test_an_nll_that_is_not_a_number_is_refused_not_shown_as_not_run(spec, tmp_path, bad):
+    """A failed evaluation's NaN must not pass for a cell that was not run (the dash)."""
+    from larsvae.utils import UserError
+
+    cell = next(c for c in spec["cells"] if c["prior"] == "realnvp")
+    path = tmp_path / cell["nll"]
+    path.write_text(json.dumps({"n": 10000, "k": 1000, "nll": bad}))
+    with pytest.raises(UserError, match=f"{cell['nll']}: nll = .* is not a finite number"):
+        write_appendix(spec, tmp_path / "reports", root=tmp_path, now=NOW)
+    assert not (tmp_path / "reports").exists()

@@ -18,7 +18,9 @@ means of the negative ELBO and of its KL and reconstruction terms, positive nats
 ``neg_elbo = kl + rec``); ``elbo_samples`` (posterior samples per image behind them); for
 LARS ``z``, ``z_stderr``; ``device``. ``z.json`` (``larsvae reduce-z``): ``z``, ``z_stderr``
 (used where nll.json lacks them) and ``antithetic``. A missing file or key gives the dash in
-that cell, never a crash or a made-up number. Several seeds: mean ± sd over seeds (as Table 1).
+that cell, never a crash or a made-up number; an ``nll`` that is there but not a finite number
+(NaN from a failed evaluation) is refused, so it cannot pass for a cell not run. Several
+seeds: mean ± sd over seeds (as Table 1).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import has_z
-from ..utils import atomic_write_text
+from ..utils import UserError, atomic_write_text
 from .paper import (
     DATASET_LABELS,
     PAPER_TABLE_D1,
@@ -45,6 +47,8 @@ from .table1 import DASH, CellResult, _normalise, fmt, fmt_sci, header, now_utc
 
 NA = "n/a"  # the paper gives no value here (DASH is reserved for "we did not run it")
 PAPER_SOURCE = "Paper values: Bauer & Mnih (AISTATS 2019), Appendix D, {}."
+#: Table D.3's first row, the standard N(0, I) prior the truncations are compared with.
+PAPER_TABLE_D3_BASELINE = {"nll": 84.97, "z": 1.0, "kl": 25.8, "rec": 63.3}
 
 
 # ---------------------------------------------------------------------------------------
@@ -86,6 +90,11 @@ def load_cells(spec: dict[str, Any], root: str | Path = ".") -> list[Result]:
         nll, why = _read_json(root, c.get("nll"))
         if why:
             res.missing.append(why)
+        if nll is not None and "nll" in nll and not _finite(nll["nll"]):
+            raise UserError(
+                f"nll.json {root / c['nll']}: nll = {nll['nll']!r} is not a finite number "
+                "(a failed evaluation?); rerun that cell's evaluation"
+            )
         res.run.update(_normalise(nll or {}))
         z, why = _read_json(root, c.get("z"))
         if why:
@@ -490,7 +499,8 @@ def _render_d2(spec: dict[str, Any], results: list[Result], root: Path, now: dat
 
 def _render_d3(spec: dict[str, Any], results: list[Result], root: Path, now: datetime) -> str:
     ds = "dynamic_mnist"
-    rows = [
+    rows = [Row("standard prior N(0, I)", ds, "gaussian", paper=PAPER_TABLE_D3_BASELINE)]
+    rows += [
         Row(
             f"T = {_t(t)}",
             ds,
@@ -508,8 +518,9 @@ def _render_d3(spec: dict[str, Any], results: list[Result], root: Path, now: dat
     )
     intro = [
         "Z: the high-precision estimate, with SE(Z) its Monte Carlo standard error (largest "
-        "over seeds). For T = ∞ the NLL contains + log Z (Eq. A.7) and Z is of order 1e-6, so "
-        "read Z against its SE there.",
+        "over seeds); Z = 1 exactly for the standard prior N(0, I), the row the truncations "
+        "are compared with. For T = ∞ the NLL contains + log Z (Eq. A.7) and Z is of order "
+        "1e-6, so read Z against its SE there.",
         "",
         "KL and reconstruction: the two terms of the negative ELBO (nll.json `kl`, `rec`). "
         + _elbo_samples_line(sels),
@@ -535,6 +546,13 @@ D45_LABELS = {
 }
 
 
+def _paper_d45(paper: dict[str, float] | None, prior: str) -> dict[str, float] | None:
+    """The paper's values of a Table D.4 / D.5 row; it prints Z = 1 for the normalised priors."""
+    if paper is None or has_z(prior, "vae", "standard"):
+        return paper
+    return {"z": 1.0, **paper}
+
+
 def _render_d45(spec: dict[str, Any], results: list[Result], root: Path, now: datetime) -> str:
     body, all_sels = [], []
     for table, (ds, paper) in zip(("D.4", "D.5"), PAPER_TABLE_D45.items(), strict=True):
@@ -544,7 +562,7 @@ def _render_d45(spec: dict[str, Any], results: list[Result], root: Path, now: da
                 ds,
                 prior,
                 model=JOINT if prior in ("lars", "lars_realnvp") else (),
-                paper=paper.get(prior),
+                paper=_paper_d45(paper.get(prior), prior),
             )
             for prior in D45_LABELS
         ]
