@@ -74,8 +74,8 @@ def run_workloads(args: argparse.Namespace, device: str) -> tuple[dict, bool]:
         for r in rows:
             flag = "ok" if r["check_passed"] else "CHECK FAILED"
             print(
-                f"[{name}] {r['setting']}: ours {r['ours_value']:.4g} vs baseline "
-                f"{r['baseline_value']:.4g} {r['unit']} (x{r['ratio']:.2f}) [{flag}]",
+                f"[{name}] {r['workload']} ({r['setting']}): ours {r['ours_value']:.4g} vs "
+                f"baseline {r['baseline_value']:.4g} {r['unit']} (x{r['ratio']:.2f}) [{flag}]",
                 flush=True,
             )
     return entries, ok
