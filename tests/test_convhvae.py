@@ -15,7 +15,7 @@ from torch.distributions import Bernoulli, Normal
 from larsvae.config import ModelConfig
 from larsvae.distributions import StandardNormal
 from larsvae.models import ARCHITECTURES, build_model
-from larsvae.models.convhvae import ConvHVAE
+from larsvae.models.convhvae import ConvHVAE, conv_transpose_to_one_channel
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -99,10 +99,14 @@ def _conv_output_shapes(seq: nn.Sequential, kind: type, run) -> list[tuple[int, 
 def test_shapes_cnn_maps_log_weights_samples_and_28x28_logits():
     model = _paper_model().eval()
     x = _batch(3)
+    z4 = torch.randn(4, 50)
     with torch.no_grad():
         enc = _conv_output_shapes(model.q2_cnn, nn.Conv2d, lambda: model.log_weights(x, 2))
         assert enc == [(32, 14, 14), (32, 7, 7), (32, 4, 4)]
-        dec = _conv_output_shapes(model.px_cnn, nn.ConvTranspose2d, lambda: model.sample(4))
+        with torch.enable_grad():  # the module path (training); no_grad: see below
+            dec = _conv_output_shapes(
+                model.px_cnn, nn.ConvTranspose2d, lambda: model._decode_from_top(z4, None)
+            )
         assert dec == [(32, 7, 7), (32, 14, 14), (1, 28, 28)]  # exactly 28x28, no cropping
         lw = model.log_weights(x, 5)
         assert lw.shape == (3, 5) and torch.isfinite(lw).all()
@@ -138,7 +142,7 @@ def test_heads_read_cnn_features_directly_and_cnns_run_once_per_x():
     model.q1_z2.register_forward_hook(keep("q1_z2"))
     model.q1_trunk.register_forward_pre_hook(keep_input("q1_trunk"))
     model.px_cnn.register_forward_pre_hook(keep_input("px_cnn"))
-    with torch.no_grad():
+    with torch.enable_grad():  # px_cnn as a module: the training path (no_grad: see (d))
         _, z2 = model.log_weights(_batch(b), k, return_top_latent=True)
 
     assert len(seen["q2_cnn"]) == len(seen["q1_cnn"]) == 1
@@ -238,3 +242,43 @@ def test_glorot_init_of_convolutions_and_linears():
         assert float(w.abs().max()) <= bound and torch.equal(m.bias, torch.zeros_like(m.bias))
         if w.numel() > 10_000:  # uniform(-b, b) has std b / sqrt(3)
             assert float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.03)
+
+
+# -- (d) the no-grad (evaluation) decoder is the training decoder, re-arranged -------------
+
+
+@pytest.mark.parametrize("padding", [1, 2])
+def test_one_channel_transposed_convolution_equals_torch_s(padding):
+    g = torch.Generator().manual_seed(padding)
+    layer = nn.ConvTranspose2d(32, 1, 4, stride=2, padding=padding).double()
+    with torch.no_grad():
+        layer.bias.fill_(0.3)
+        m = torch.randn(5, 32, 14, 14, generator=g, dtype=torch.float64)
+        want = layer(m).reshape(5, -1)
+        got = conv_transpose_to_one_channel(layer, m)
+    assert want.shape == got.shape == (5, (28 + 2 - 2 * padding) ** 2)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="stride-2 4x4"):
+        conv_transpose_to_one_channel(nn.ConvTranspose2d(32, 2, 4, stride=2), m.float())
+
+
+@pytest.mark.parametrize("arch", ["convhvae"])
+def test_no_grad_log_weights_equal_the_training_path(arch):
+    """IWAE runs without autograd on a re-arranged decoder (channels-last maps, the last
+    transposed convolution as one product; the Bernoulli sum as h.(W^T x)): in float64 it
+    agrees with the autograd path to 1e-10 nats, in float32 to float rounding."""
+    torch.manual_seed(0)
+    model = build_model(arch, "gaussian", PAPER).eval()
+    with torch.no_grad():
+        for prm in model.parameters():  # non-zero biases, so their wiring shows
+            prm.add_(0.05 * torch.randn_like(prm))
+    x = _batch(3, seed=4)
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-3)):
+        model.to(dtype)
+        noise = torch.randn(3, 2, 7, 50, dtype=dtype, generator=torch.Generator().manual_seed(9))
+        with torch.enable_grad():
+            want = model.log_weights(x.to(dtype), 7, noise=noise).detach()
+        with torch.no_grad():
+            got = model.log_weights(x.to(dtype), 7, noise=noise)
+        assert got.dtype == dtype and got.shape == (3, 7)
+        torch.testing.assert_close(got, want, rtol=0, atol=tol)

@@ -99,6 +99,50 @@ def conv_decoder() -> nn.Sequential:
     )
 
 
+def conv_decoder_no_grad(cnn: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+    """:func:`conv_decoder`'s map (N, 512) -> (N, 784) on the CPU without autograd, arranged
+    for speed: the same weights and sums, up to float rounding (another summation order).
+
+    The 32-channel transposed convolutions run on channels-last maps (oneDNN's fast kernels;
+    the default layout takes a generic path 2-3x slower), and the last one, 32 -> 1 channel,
+    is :func:`conv_transpose_to_one_channel`.
+    """
+    _, up1, _, up2, _, up3, _ = cnn  # Unflatten, (ConvTranspose2d, ReLU) x 2, ..., Flatten
+    m = h.reshape(-1, CONV_CHANNELS, _CONV_SIDE, _CONV_SIDE)
+    m = up1(m.contiguous(memory_format=torch.channels_last)).relu_()
+    m = up2(m).relu_()
+    return conv_transpose_to_one_channel(up3, m)
+
+
+def conv_transpose_to_one_channel(layer: nn.ConvTranspose2d, m: torch.Tensor) -> torch.Tensor:
+    """A stride-2, 4x4 transposed convolution to one channel as one product and 16 adds.
+
+    m (N, C, S, S) -> (N, O^2), O = 2S + 2 - 2p (28 for S = 14, p = 1). Input pixel (i, j) adds W[:, :, t, u] . m[:, :, i, j] to
+    output pixel (2i - p + t, 2j - p + u): the product gives all 16 taps of every pixel,
+    (16, N*S*S), and each tap is added onto its stride-2 phase of the output, whose rows and
+    columns are split as (block, parity) so that every add is a plain slice.
+    """
+    n, c, s, _ = m.shape
+    k, p = layer.kernel_size[0], layer.padding[0]
+    if (layer.out_channels, layer.stride, layer.kernel_size, layer.output_padding) != (
+        1,
+        (2, 2),
+        (4, 4),
+        (0, 0),
+    ):
+        raise ValueError(f"expected a stride-2 4x4 transposed convolution to 1 channel: {layer}")
+    rows = m.permute(0, 2, 3, 1).reshape(-1, c)  # (N*S*S, C): a view of channels-last maps
+    taps = torch.mm(layer.weight.reshape(c, k * k).t(), rows.t()).view(k, k, n, s, s)
+    side = s + 1  # output rows 2i + t for t < 4 are blocks i .. i+1 of 2 rows
+    out = m.new_zeros(n, side, 2, side, 2)  # (N, block row, parity, block col, parity)
+    for t in range(k):
+        for u in range(k):
+            out[:, t // 2 : t // 2 + s, t % 2, u // 2 : u // 2 + s, u % 2] += taps[t, u]
+    o = 2 * s + 2 - 2 * p
+    out = out.view(n, 2 * side, 2 * side)[:, p : p + o, p : p + o] + layer.bias
+    return out.reshape(n, -1)
+
+
 class ConvHVAE(LatentVariableModel):
     """L=2 hierarchical VAE with convolutional encoders and decoder (Appendix C.2).
 
@@ -135,7 +179,10 @@ class ConvHVAE(LatentVariableModel):
         """Bernoulli logits (..., 784) of p(x | z1, z2); z1, z2: (..., d)."""
         h = self.px_to_map(torch.cat([self.px_z1(z1), self.px_z2(z2)], dim=-1))  # (..., 512)
         lead = h.shape[:-1]
-        return self.px_cnn(h.reshape(-1, _CONV_FLAT)).reshape(*lead, DATA_DIM)
+        h = h.reshape(-1, _CONV_FLAT)
+        if torch.is_grad_enabled() or h.device.type != "cpu":
+            return self.px_cnn(h).reshape(*lead, DATA_DIM)
+        return conv_decoder_no_grad(self.px_cnn, h).reshape(*lead, DATA_DIM)
 
     def _terms(self, x, k, generator):
         b = x.shape[0]
@@ -160,4 +207,11 @@ class ConvHVAE(LatentVariableModel):
         return self._decode(z1, z_top)  # (n, 784)
 
 
-__all__ = ["CONV_CHANNELS", "ConvHVAE", "conv_decoder", "conv_encoder"]
+__all__ = [
+    "CONV_CHANNELS",
+    "ConvHVAE",
+    "conv_decoder",
+    "conv_decoder_no_grad",
+    "conv_encoder",
+    "conv_transpose_to_one_channel",
+]
