@@ -9,7 +9,8 @@ opens a params file, and constructors trust their typed configs.
 Each YAML section maps onto one dataclass (same key names); every field declares its type,
 range and *group* here, once:
 
-    model:    ModelConfig   groups: arch (every model), lars, flow, realnvp, maf
+    model:    ModelConfig   groups: arch (every model), lars, flow, realnvp, maf, mixture,
+                            snis, lars_dim
     train:    TrainConfig   standard and joint-LARS training, Appendix C.3
     posthoc:  TrainConfig   post-hoc LARS training of the acceptance network only
     evaluate: EvalConfig    groups: z (Z estimation), iwae (test NLL)
@@ -39,8 +40,26 @@ OUTPUT_LARS_ARCHS = ("vae_rx",)
 OUTPUT_LARS_KEYS = ("truncation", "eps", "train_z_samples")
 #: Prior on the top latent. "gaussian" = N(0, I); "lars" = LARS over N(0, I);
 #: "realnvp" / "maf" = flow priors; "lars_realnvp" = LARS with a RealNVP proposal.
-PRIORS = ("gaussian", "lars", "realnvp", "maf", "lars_realnvp")
-LARS_PRIORS = ("lars", "lars_realnvp")
+#: Comparison priors: "vamp" = VampPrior, "mog" = mixture of Gaussians, "trs" / "snis" =
+#: the energy-inspired priors of Lawson et al. (2019), "lars_dim" = dimension-wise LARS.
+PRIORS = (
+    "gaussian",
+    "lars",
+    "realnvp",
+    "maf",
+    "lars_realnvp",
+    "vamp",
+    "mog",
+    "trs",
+    "snis",
+    "lars_dim",
+)
+#: Priors with a normalising constant Z to estimate (has_z): the LARS sampler and its a(z).
+#: "trs" is the LARS sampler and density (Eq. A.14) trained with another objective, so it
+#: needs Z like LARS. The others have none: "vamp" and "mog" are finite mixtures and "snis"
+#: is evaluated through its unbiased density estimate (exact log densities or bounds,
+#: larsvae.distributions), "lars_dim" integrates its one-dimensional Z_i by quadrature.
+LARS_PRIORS = ("lars", "lars_realnvp", "trs")
 #: standard: trained from scratch (any prior; LARS = joint training); posthoc: a(z) trained
 #: on a frozen 'gaussian' standard checkpoint of the same cell (Sec. 4.1).
 MODES = ("standard", "posthoc")
@@ -55,6 +74,11 @@ PRIOR_GROUPS = {
     "realnvp": ("arch", "flow", "realnvp"),
     "maf": ("arch", "flow", "maf"),
     "lars_realnvp": ("arch", "lars", "flow", "realnvp"),
+    "vamp": ("arch", "mixture"),
+    "mog": ("arch", "mixture"),
+    "trs": ("arch", "lars"),
+    "snis": ("arch", "snis"),
+    "lars_dim": ("arch", "lars_dim"),
 }
 
 
@@ -105,6 +129,21 @@ class ModelConfig:
     )
     realnvp_couplings: int = _key(4, "realnvp", "RealNVP coupling layers", lo=1, hi=1000)
     maf_blocks: int = _key(5, "maf", "MAF MADE blocks", lo=1, hi=1000)
+    mixture_components: int = _key(
+        500, "mixture", "K components of the VampPrior / mixture of Gaussians", lo=1, hi=100_000
+    )
+    snis_proposals: int = _key(
+        1024, "snis", "K proposals per SNIS sample (Lawson et al. 2019)", lo=1, hi=1_000_000
+    )
+    energy_hidden: tuple[int, ...] = _key(
+        (100, 100), "snis", "SNIS log-weight MLP[d-...-1]", lo=1, hi=100_000
+    )
+    dimwise_hidden: tuple[int, ...] = _key(
+        (20, 20), "lars_dim", "each a_i(z_i) = MLP[1-...-1] of dimension-wise LARS", lo=1, hi=10_000
+    )
+    dimwise_truncation: int | None = _key(
+        100, "lars_dim", "T of each unit's sampler; null = ad infinitum", lo=1, hi=1_000_000_000
+    )
 
 
 @dataclass(frozen=True)

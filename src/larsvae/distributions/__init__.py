@@ -5,7 +5,11 @@ from .base import Prior, StandardNormal
 from .lars import AcceptanceMLP, ResampledPrior, lars_log_density
 
 __all__ = ["Prior", "StandardNormal", "AcceptanceMLP", "ResampledPrior", "lars_log_density"]
+from .dimwise import DimwiseResampledPrior  # noqa: E402
+from .energy import SNISPrior, TRSPrior  # noqa: E402
 from .factory import build_prior  # noqa: E402
 from .flows import MAF, RealNVP  # noqa: E402
+from .mixtures import MixtureOfGaussians, VampPrior  # noqa: E402
 
 __all__ += ["RealNVP", "MAF", "build_prior"]
+__all__ += ["VampPrior", "MixtureOfGaussians", "TRSPrior", "SNISPrior", "DimwiseResampledPrior"]

@@ -9,6 +9,19 @@ through :class:`larsvae.config.ModelConfig`:
 * ``realnvp``      RealNVP with ``realnvp_couplings`` couplings, conditioners ``flow_hidden``
 * ``maf``          MAF with ``maf_blocks`` MADE blocks, ``flow_hidden``
 * ``lars_realnvp`` LARS whose proposal is a (jointly trained) RealNVP
+
+and the priors Bauer & Mnih compare against (Table 2, Appendix D):
+
+* ``vamp``         VampPrior with ``mixture_components`` pseudo-inputs (the model binds
+                   its encoder, :func:`larsvae.models.build_model`)
+* ``mog``          mixture of ``mixture_components`` diagonal Gaussians
+* ``trs``          TRS of Lawson et al. (2019) over N(0, I): the LARS sampler with a(z) =
+                   MLP[d-``acceptance_hidden``-1], T, S = ``train_z_samples``, trained by
+                   its lower bound
+* ``snis``         SNIS of Lawson et al. over N(0, I): K = ``snis_proposals``, log w =
+                   MLP[d-``energy_hidden``-1]
+* ``lars_dim``     dimension-wise LARS: a_i(z_i) = MLP[1-``dimwise_hidden``-1] per unit,
+                   truncation ``dimwise_truncation``
 """
 
 from __future__ import annotations
@@ -27,8 +40,11 @@ def build_prior(name: str, dim: int, cfg: ModelConfig | None = None) -> nn.Modul
     # Imported here: the package __init__ imports this module, and the LARS classes live
     # in sibling modules of the package.
     from larsvae.distributions.base import StandardNormal
+    from larsvae.distributions.dimwise import DimwiseResampledPrior
+    from larsvae.distributions.energy import SNISPrior, TRSPrior
     from larsvae.distributions.flows import MAF, RealNVP
     from larsvae.distributions.lars import AcceptanceMLP, ResampledPrior
+    from larsvae.distributions.mixtures import MixtureOfGaussians, VampPrior
 
     cfg = ModelConfig() if cfg is None else cfg
     check_choice("prior", name, PRIORS)
@@ -53,8 +69,25 @@ def build_prior(name: str, dim: int, cfg: ModelConfig | None = None) -> nn.Modul
         return realnvp()
     if name == "maf":
         return MAF(dim, num_blocks=cfg.maf_blocks, hidden=cfg.flow_hidden)
-    assert name == "lars_realnvp", name  # PRIORS and this function must list the same names
-    return lars(realnvp())
+    if name == "lars_realnvp":
+        return lars(realnvp())
+    if name == "vamp":
+        return VampPrior(dim, num_components=cfg.mixture_components)
+    if name == "mog":
+        return MixtureOfGaussians(dim, num_components=cfg.mixture_components)
+    if name == "trs":
+        return TRSPrior(
+            StandardNormal(dim),
+            AcceptanceMLP(dim, cfg.acceptance_hidden),
+            truncation=cfg.truncation,
+            eps=cfg.eps,
+            num_z_samples=cfg.train_z_samples,
+        )
+    if name == "snis":
+        energy = AcceptanceMLP(dim, cfg.energy_hidden)  # its output is log w, not a logit
+        return SNISPrior(StandardNormal(dim), energy, num_proposals=cfg.snis_proposals)
+    assert name == "lars_dim", name  # PRIORS and this function must list the same names
+    return DimwiseResampledPrior(dim, cfg.dimwise_hidden, truncation=cfg.dimwise_truncation)
 
 
 __all__ = ["build_prior"]

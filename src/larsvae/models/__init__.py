@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from larsvae.config import ARCHS, PRIORS, ConfigError, ModelConfig, check_choice
 from larsvae.models.convhvae import ConvHVAE
 from larsvae.models.resampled_outputs import ResampledOutputsVAE
-from larsvae.models.vae import HVAE, VAE, LatentVariableModel
+from larsvae.models.vae import HVAE, VAE, LatentVariableModel, _TwoLayerVAE
+from larsvae.objectives import mlp_forward
 
 #: ``arch`` name -> model class; must agree with ``larsvae.config.ARCHS``.
 ARCHITECTURES: dict[str, type[LatentVariableModel]] = {
@@ -30,7 +33,26 @@ def build_model(arch: str, prior: str, cfg: ModelConfig) -> LatentVariableModel:
         raise ConfigError(f"arch: {arch!r} has no implementation")
     from larsvae.distributions.factory import build_prior
 
-    return ARCHITECTURES[arch](build_prior(prior, cfg.latent_dim, cfg), cfg)
+    model = ARCHITECTURES[arch](build_prior(prior, cfg.latent_dim, cfg), cfg)
+    if hasattr(model.top_prior, "bind_encoder"):  # the VampPrior: q(z_top | u_k)
+        model.top_prior.bind_encoder(functools.partial(top_posterior, model))
+    return model
+
+
+def top_posterior(model: LatentVariableModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and log-std of q(z_top | x) (z for the VAE, z2 for L=2): x (N, 784) -> 2 x (N, d).
+
+    The same layers as each model's ``_terms``; the VampPrior evaluates it at its
+    pseudo-inputs. (A partial of this function survives ``copy.deepcopy`` of the model.)
+    """
+    if isinstance(model, ConvHVAE):
+        img = x.reshape(x.shape[0], 1, 28, 28)
+        return model.q2_head(model.q2_cnn(img))
+    if isinstance(model, _TwoLayerVAE):
+        return model.q2_head(model.q2_trunk(model._features(model.q2_features, x)))
+    if isinstance(model, VAE):
+        return model.encoder_head(mlp_forward(model.encoder, x))
+    raise TypeError(f"top_posterior: no top-latent encoder known for {type(model).__name__}")
 
 
 def z_holder(model: torch.nn.Module) -> torch.nn.Module:
@@ -41,6 +63,7 @@ def z_holder(model: torch.nn.Module) -> torch.nn.Module:
 
 
 __all__ = [
+    "top_posterior",
     "z_holder",
     "build_model",
     "LatentVariableModel",
