@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,14 @@ def make_tiny_dataset(
     }
     (out_dir / f"{name}.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out_dir / f"{name}.npz"
+
+
+@pytest.fixture(autouse=True)
+def torch_seed_of_the_test(request):
+    """Each test (and its function-scoped fixtures) starts from a torch RNG state of its own,
+    seeded from its node id: the same alone, under -k and in any order, never the state an
+    earlier test left behind. (pytest-randomly does the same for ``random`` and numpy.)"""
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
 @pytest.fixture(scope="module")
