@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
+from snakemake.utils import update_config, validate
 
 from larsvae import config as lconfig
 from larsvae.data.sources import export_mirrors
@@ -43,8 +43,30 @@ def _one_line(err):
     return f"params: {key or '<top level>'}: {cause.message}"
 
 
+def _typed(value, nested=False):
+    """A `--config` value with the leaves inside its lists and mappings typed as Snakemake
+    types a top-level value (int, then float, then True/False, else the string): Snakemake
+    reads nested values with YAML's BaseLoader, which gives strings (`seeds=[1,2]` arrives
+    as ['1', '2'])."""
+    if isinstance(value, dict):
+        return {k: _typed(v, True) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v, True) for v in value]
+    if not nested or not isinstance(value, str):
+        return value
+    for parse in (int, float, {"True": True, "False": False}.__getitem__):
+        try:
+            return parse(value)
+        except (KeyError, ValueError):
+            pass
+    return value
+
+
 if not config:
     raise WorkflowError("params: no configuration given (use --configfile params/<budget>.yaml)")
+# Only the --config values are retyped (the params file's own YAML is already typed); they
+# are merged over the params file exactly as Snakemake merged them.
+update_config(config, _typed(workflow.config_settings.config or {}))
 try:
     validate(config, schema=str(REPO / "workflow" / "schemas" / "params.schema.yaml"))
     P = lconfig.parse_params(config)
