@@ -1,4 +1,4 @@
-"""A job's peak memory, estimated from its keys before anything big is allocated (issue 10).
+"""A job's peak memory, estimated from its keys before anything big is allocated.
 
 Every size key has an upper bound (:mod:`larsvae.config`), but keys that are each in bounds
 can still ask for more memory than the machine has (``model.hidden: 100000`` is 2e10

@@ -4,7 +4,7 @@ Every candidate file is verified against :data:`larsvae.data.checksums.SHA256` (
 its decompressed content) before use; a candidate with the wrong content is rejected with a
 message naming the file, the expected and the actual sha256, and the next source is tried.
 
-Sources, in order (issue "Datasets"):
+Sources, in order:
 
 1. mirror folders: the ``mirrors`` argument, then ``$LARSVAE_DATA_MIRRORS`` (colon-separated),
    each laid out like ``../shared/datasets`` (``mnist/``, ``binarized_mnist/``, ``omniglot/``,

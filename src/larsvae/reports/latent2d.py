@@ -27,7 +27,7 @@ u ~ U{0, ..., 254}, so P(x = 1) = v / 255), from ``numpy.random.default_rng(deri
 LATENT2D_TAG, block))`` per block of ``BLOCK`` rows: q(z) is then the aggregate posterior of
 one dynamic-binarisation epoch. A split that is already binary is used as it is.
 
-Paper's numbers (Appendix D, as quoted in issue 12): KL(q || p) about 0.4 for the standard
+Paper's numbers (Appendix D): KL(q || p) about 0.4 for the standard
 prior, 0.15 for joint LARS with the large a(z), 0.20 with the small one, post-hoc "slightly
 better than joint".
 """
@@ -55,7 +55,7 @@ LATENT2D_TAG, SUBSET_TAG = 2002, 2003
 #: depend on how the work is chunked)
 BLOCK = 4096
 
-#: Appendix D, KL(q(z) || p(z)) of the 2-D latent VAE (as quoted in issue 12); keys are the
+#: Appendix D, KL(q(z) || p(z)) of the 2-D latent VAE; keys are the
 #: model labels this report recognises (case-insensitive). Post-hoc has no number, only the
 #: statement that it is slightly better than joint training.
 PAPER_KL: dict[str, float | None] = {

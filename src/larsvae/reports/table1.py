@@ -150,7 +150,7 @@ def _data_versions(spec: dict[str, Any], root: Path) -> list[str]:
             str(m.get("splits", {}).get(s, {}).get("n", "?")) for s in ("train", "valid", "test")
         )
         variant = f", variant {m['variant']}" if m.get("variant") else ""
-        if m.get("omniglot_version"):  # issue 3: reports say which Omniglot was used
+        if m.get("omniglot_version"):  # reports say which Omniglot was used
             variant += f", Omniglot version {m['omniglot_version'].split(':')[0]}"
         lines.append(
             f"`{m.get('dataset')}`: format v{m.get('format_version')}{variant}, splits {splits}, "
