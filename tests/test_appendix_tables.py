@@ -115,7 +115,7 @@ def spec(tmp_path):
     # Omniglot: an nll.json without the ELBO keys, and a LARS cell whose files are missing
     c.append(_cell(tmp_path, om, "gaussian", "standard", "base", 1, ARCH, {"nll": 104.6}))
     c.append(_cell(tmp_path, om, "lars", "standard", "base", 1, JOINT))
-    budget = {ds: {"model": JOINT} for ds in (dm, om)}
+    budget = {ds: {"vae": {"model": JOINT}} for ds in (dm, om)}
     return {"name": "unit", "seeds": [1, 2], "budget": budget, "cells": c}
 
 

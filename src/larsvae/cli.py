@@ -15,6 +15,8 @@ status 2 (a diverged training run: status 1), never a traceback.
     larsvae evaluate     --checkpoint CKPT [--z z.json] --dataset-file F.npz --eval-params JSON
                          --out nll.json
     larsvae sample       --checkpoint CKPT --n 64 --out samples.png
+    larsvae publish      --nll nll.json --curve curve.tsv --checkpoint CKPT [--z z.json]
+                         [--z-shard SHARD.json ...] [--params JSON] --out-dir DIR
     larsvae report       --spec JSON --table T.md --main M.md --metrics M.json --curves C.png
     larsvae toy2d        --out fig.png [--steps 2000] [--seed 0]
     larsvae appendix     --spec JSON --out-dir DIR              (Tables D.1-D.5)
@@ -158,6 +160,29 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         device=_device(a),
         progress=not a.no_progress,
     )
+
+
+def cmd_publish(a: argparse.Namespace) -> None:
+    from .publish import publish_cell
+
+    try:
+        params = json.loads(a.params) if a.params else {}
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--params: invalid JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(params, dict):
+        raise UserError("--params: expected a JSON object")
+    publish_cell(
+        nll=a.nll,
+        curve=a.curve,
+        checkpoint=a.checkpoint,
+        params=params,
+        out_dir=a.out_dir,
+        z=a.z,
+        z_shards=tuple(a.z_shard),
+        train_log=a.train_log,
+        stamp=a.stamp,
+    )
+    print(f"publish: {a.out_dir}", file=sys.stderr)
 
 
 def cmd_sample(a: argparse.Namespace) -> None:
@@ -328,6 +353,19 @@ def build_parser() -> argparse.ArgumentParser:
     r = command("reduce-z", cmd_reduce_z, "merge a complete set of Z shards exactly", False)
     r.add_argument("--out", required=True)
     r.add_argument("shards", nargs="+")
+
+    u = command("publish", cmd_publish, "copy a finished cell's results for git", False)
+    u.add_argument("--nll", required=True, help="the cell's nll.json")
+    u.add_argument("--curve", required=True, help="the cell's curve.tsv")
+    u.add_argument("--checkpoint", required=True, help="the model.pt it was evaluated from")
+    u.add_argument("--z", default=None, help="the z.json it was evaluated with (LARS)")
+    u.add_argument("--z-shard", action="append", default=[], help="Z shard (repeatable)")
+    u.add_argument("--train-log", default=None, help="the training log (for its wall time)")
+    u.add_argument("--params", default=None, help="JSON: the params the cell's steps read")
+    u.add_argument("--out-dir", required=True)
+    u.add_argument(
+        "--stamp", default=None, help="also write the provenance here (the rule's output)"
+    )
 
     v = command("evaluate", cmd_evaluate, "IWAE NLL on the test split")
     v.add_argument("--checkpoint", required=True)

@@ -499,6 +499,11 @@ def params_schema() -> dict[str, Any]:
                 "properties": {
                     "runs": {"description": "models, results, logs", "type": "string"},
                     "reports": {"description": "tables and figures", "type": "string"},
+                    "results": {
+                        "description": "published cells (committed, so a grid resumes in a "
+                        "fresh clone; larsvae.publish): the reports read them from here",
+                        "type": "string",
+                    },
                 },
             },
             "data": {
@@ -644,6 +649,7 @@ class Params:
     name: str
     runs: str
     reports: str
+    results: str | None  # published cells (larsvae.publish), None: reports read runs/
     mirrors: tuple[str, ...]
     seeds: tuple[int, ...]
     # (dataset, arch) -> section -> config / plain dict, overrides applied
@@ -765,6 +771,7 @@ def parse_params(d: Mapping[str, Any]) -> Params:
         name=d["name"],
         runs=d["paths"]["runs"].rstrip("/"),
         reports=d["paths"]["reports"].rstrip("/"),
+        results=(d["paths"].get("results") or "").rstrip("/") or None,
         mirrors=tuple((d.get("data") or {}).get("mirrors") or ()),
         seeds=tuple(dict.fromkeys(c.seed for c in cells)),
         sections=sections,

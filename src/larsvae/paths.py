@@ -73,6 +73,7 @@ class Layout:
 
     runs: str
     reports: str
+    results: str | None = None
 
     # -- per cell (runs/) ----------------------------------------------------------------
     def model(self, **w: Any) -> str:
@@ -93,6 +94,18 @@ class Layout:
     def log(self, rule: str, leaf: str | None = None, **w: Any) -> str:
         """``logs/{rule}/{cell}.log``, or ``logs/{rule}/{cell}/{leaf}.log`` (one per shard)."""
         return fill(f"{self.runs}/logs/{rule}/{CELL}{'/' + leaf if leaf else ''}.log", **w)
+
+    def published(self, name: str, **w: Any) -> str:
+        """A published cell's ``nll.json``, ``curve.tsv`` or ``provenance.json`` (committed;
+        larsvae.publish), for budgets with ``paths.results``."""
+        if self.results is None:
+            raise ValueError("this budget publishes no cells (params paths.results unset)")
+        return fill(f"{self.results}/{CELL}/{name}", **w)
+
+    def publish_stamp(self, **w: Any) -> str:
+        """The publish rule's output (a copy of the provenance): the published files are not
+        a rule's outputs, so that a fresh clone's missing checkpoints never replan them."""
+        return fill(f"{self.runs}/published/{CELL}.json", **w)
 
     # -- reports/ ---------------------------------------------------------------------------
     def report(self, name: str) -> str:

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from .config import LARS_PRIORS, OUTPUT_LARS_ARCHS, EvalConfig, ModelConfig, TrainConfig, to_dict
+from .publish import check_nll_record, check_published
 from .utils import UserError, atomic_write, atomic_write_text, derive_seed, file_sha256
 
 PathLike = str | os.PathLike
@@ -620,10 +621,16 @@ def evaluate(
     result: dict[str, Any] = {
         **{k: meta.get(k) for k in ("dataset", "arch", "prior", "mode", "seed")},
         "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "dataset_sha256": data_sha,
+        "z_sha256": file_sha256(z) if z is not None else None,
         **summary.to_dict(),
         **elbo.to_dict(),
         "wall_time_s": time.perf_counter() - t0,
         "device": str(device),
+        # per test image, in test-set order: the paired comparisons of two cells and the
+        # check that ``nll`` is their negative mean (larsvae.reports.table1)
+        "log_px": [float(v) for v in summary.log_px.tolist()],
     }
     if lars:
         prior = z_holder(model)
@@ -710,15 +717,11 @@ def _check_results(spec: dict[str, Any], root: Path) -> None:
         if not isinstance(c.get("nll"), str):
             raise UserError(f"--spec: cell {c} names no nll.json")
         path = root / c["nll"]
-        nll = _read_json(path, "nll.json")
-        value = nll.get("nll")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(
-                f"nll.json {path}: no number 'nll' (got {value!r}): not a finished "
-                "larsvae evaluate output; rerun that cell's evaluation"
-            )
-        if not math.isfinite(value):
-            raise UserError(f"nll.json {path}: nll = {value} is not finite")
+        check_nll_record(_read_json(path, "nll.json"), path)
+        if c.get("provenance"):  # a published cell (larsvae.publish): against this plan
+            stamp = _read_json(root / c["verified"], "verified stamp") if c.get("verified") else {}
+            prov = root / c["provenance"]
+            check_published(prov.parent, c, c.get("params") or {}, stamp.get("npz_sha256"))
         if c.get("z"):
             _read_json(root / c["z"], "z.json")
 

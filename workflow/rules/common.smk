@@ -72,7 +72,7 @@ try:
     P = lconfig.parse_params(config)
 except (WorkflowError, lconfig.ConfigError) as err:
     raise WorkflowError(_one_line(err)) from None
-L = Layout(P.runs, P.reports)
+L = Layout(P.runs, P.reports, P.results)
 REPORTS = {k: L.report(f) for k, f in (("table", "table1.md"), ("main", "main.md"),
            ("metrics", "metrics.json"), ("curves", "figures/training_curves.png"))}
 
@@ -159,6 +159,32 @@ def evaluate_inputs(wildcards):
     return inputs
 
 
+def publish_inputs(wildcards):
+    """A finished cell: its nll.json, curve, checkpoint, and for LARS its Z and shards."""
+    c = cell_of(wildcards)
+    inputs = {"nll": L.nll(**wildcards), "curve": L.curve(**wildcards),
+              "model": L.model(**wildcards)}
+    if c.needs_z:
+        inputs["z"] = L.z(**wildcards)
+        inputs["shards"] = z_shards(wildcards)
+    return inputs
+
+
+def publish_dir(wildcards):
+    return str(Path(L.published("provenance.json", **wildcards)).parent)
+
+
+def publish_args(wildcards, input):
+    """--z / --z-shard options, --train-log (its wall time) and --params (the cell's)."""
+    c = cell_of(wildcards)
+    args = [f"--train-log {shlex.quote(L.log('train', **c.wildcards()))}",
+            f"--params {shlex.quote(_json(cell_params(c)))}"]
+    if c.needs_z:
+        args += [f"--z {shlex.quote(input.z)}"]
+        args += [f"--z-shard {shlex.quote(s)}" for s in input.shards]
+    return " ".join(args)
+
+
 def z_option(wildcards, input):
     return f"--z {shlex.quote(input.z)}" if "z" in input.keys() else ""
 
@@ -167,21 +193,53 @@ def sample_count(wildcards):
     return P.step_params("sample", cell_of(wildcards))["report"]["samples"]
 
 
+def cell_params(c):
+    """{step: {section: {key: value}}} of every step that makes cell `c` (its provenance)."""
+    steps = ["train_posthoc" if c.mode == "posthoc" else "train", "evaluate"]
+    out = {s: P.step_params(s, c) for s in steps + (["estimate_z"] if c.needs_z else [])}
+    if c.needs_z:
+        out["estimate_z"]["evaluate"]["z_shards"] = P.section("evaluate", c.dataset, c.arch).z_shards
+    if c.mode == "posthoc":
+        out["init"] = cell_params(P.posthoc_init(c))
+    return out
+
+
 def _cell_files(c):
+    """What a report reads of cell `c`: its runs/ files, or, in a budget that publishes its
+    cells (params paths.results), the published copies and their provenance."""
     w = c.wildcards()
     step = "train_posthoc" if c.mode == "posthoc" else "train"
-    return dict(vars(c), nll=L.nll(**w), z=L.z(**w) if c.needs_z else None,
-                curve=L.curve(**w), manifest=manifest_file(c.dataset),
-                model=P.step_params(step, c)["model"])
+    files = dict(vars(c), nll=L.nll(**w), z=L.z(**w) if c.needs_z else None,
+                 curve=L.curve(**w), manifest=manifest_file(c.dataset),
+                 model=P.step_params(step, c)["model"])
+    if P.results:
+        files.update(nll=L.published("nll.json", **w), z=None,
+                     curve=L.published("curve.tsv", **w),
+                     provenance=L.published("provenance.json", **w),
+                     verified=verified_file(c.dataset), params=cell_params(c))
+    return files
+
+
+def is_published(c):
+    """Cell `c` has published files (a budget with paths.results; committed, or published
+    by this run's publish job)."""
+    return bool(P.results) and Path(L.published("provenance.json", **c.wildcards())).exists()
 
 
 def _result_inputs(cells):
+    """The files a report reads, and for the cells of a publishing budget not yet published
+    the publish stamp instead (the job that writes their files)."""
     files = [_cell_files(c) for c in cells]
+    todo = [c for c in cells if P.results and not is_published(c)]
+    done = [f for c, f in zip(cells, files) if not P.results or is_published(c)]
     return {
-        "nll": [f["nll"] for f in files],
-        "z": [f["z"] for f in files if f["z"]],
-        "curves": [f["curve"] for f in files],
+        "nll": [f["nll"] for f in done],
+        "z": [f["z"] for f in done if f["z"]],
+        "curves": [f["curve"] for f in done],
         "manifests": sorted({f["manifest"] for f in files}),
+        "provenance": [f["provenance"] for f in done if "provenance" in f],
+        "verified": sorted({f["verified"] for f in files if "verified" in f}),
+        "publish": [L.publish_stamp(**c.wildcards()) for c in todo],
     }
 
 
@@ -211,7 +269,7 @@ def _spec(cells):
         if c.variant != lconfig.BASE:
             steps = steps[1:]
         steps += ["estimate_z"] if c.needs_z else []
-        b = budget.setdefault(c.dataset, {})
+        b = budget.setdefault(c.dataset, {}).setdefault(c.arch, {})
         for step in steps:
             for section, values in P.step_params(step, c).items():
                 b.setdefault(section, {}).update(values)
@@ -287,6 +345,9 @@ def _cell_targets(cells):
     out = []
     for c in cells:
         w = c.wildcards()
+        if P.results:  # published cells are done: a fresh clone's runs/ is empty, not stale
+            out += [] if is_published(c) else [L.publish_stamp(**w), L.sample_grid(**w)]
+            continue
         out += [L.sample_grid(**w), L.model(**w), L.curve(**w), L.nll(**w)]
         if c.needs_z:
             out += [L.z(**w)] + z_shards(Wildcards(w))

@@ -64,3 +64,31 @@ rule evaluate:
         "OMP_NUM_THREADS={threads} gpu_slot larsvae evaluate --threads {threads}"
         " --checkpoint {input.model:q} {params.z} --dataset-file {input.data:q}"
         " --eval-params {params.evaluate:q} --out {output:q} > {log:q} 2>&1"
+
+
+if P.results:
+
+    rule publish:
+        """A finished cell's nll.json and curve, copied for git into paths.results with their
+        provenance (params, checkpoint, data, Z, code version, cost). Its output is a stamp:
+        the published files are read by the reports as source files (common.smk), so a fresh
+        clone without runs/ plans no job of a published cell."""
+        input:
+            unpack(publish_inputs),
+        output:
+            L.publish_stamp(),
+        log:
+            L.log("publish"),
+        params:
+            args=publish_args,
+            out_dir=publish_dir,
+        conda:
+            "../envs/larsvae.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=10,
+        shell:
+            "larsvae publish --nll {input.nll:q} --curve {input.curve:q}"
+            " --checkpoint {input.model:q} {params.args} --out-dir {params.out_dir:q}"
+            " --stamp {output:q} > {log:q} 2>&1"

@@ -169,7 +169,7 @@ def select(results: list[Result], row: Row, budget: dict[str, Any]) -> Selected:
     for r in matched:
         groups.setdefault(_model_key(r), []).append(r)
     if len(groups) > 1:
-        base = (budget.get(row.dataset) or {}).get("model") or {}
+        base = ((budget.get(row.dataset) or {}).get(row.arch) or {}).get("model") or {}
         agree = [g for g in groups if all(_canon(base[k]) == v for k, v in g if k in base) and base]
         if len(agree) != 1:
             variants = sorted({str(r.cell.get("variant", "base")) for r in matched})

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import gains as gains_mod
 from .paper import ARCH_LABELS, DATASET_LABELS, PAPER_TABLE1, paper_nll
 
 DASH = "—"
@@ -95,6 +96,8 @@ def load_results(spec: dict[str, Any], root: str | Path = ".") -> dict[tuple, Ce
         cell = cells.setdefault(key, CellResult(*key))
         run = _normalise(json.loads((root / c["nll"]).read_text()))
         run["seed"] = c["seed"]
+        if c.get("provenance"):
+            run["provenance"] = json.loads((root / c["provenance"]).read_text())
         if c.get("z"):
             z = json.loads((root / c["z"]).read_text())
             run.setdefault("z", z.get("z"))
@@ -187,11 +190,28 @@ def _budget_value(b: dict[str, Any], section: str, key: str, spec: str = "") -> 
     return DASH if v is _MISSING else format(v, spec)
 
 
+def _budget_lines(budget: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per schedule: the (dataset, arch) pairs that share it are named together."""
+    groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for ds, per_arch in budget.items():
+        for arch, b in per_arch.items():
+            key = json.dumps(b, sort_keys=True)
+            groups.setdefault(key, (b, []))[1].append(f"{ds}/{arch}")
+    return [_budget_line(", ".join(names), b) for b, names in groups.values()]
+
+
 def _budget_line(ds: str, b: dict[str, Any]) -> str:
     def g(section: str, key: str, spec: str = "") -> str:
         return _budget_value(b, section, key, spec)
 
     subset = b.get("evaluate", {}).get("test_subset")
+    stop = b.get("train", {}).get("early_stopping_patience")
+    stopping = (
+        f" Early stopping on validation NLL (K = {g('train', 'eval_k')}) every "
+        f"{g('train', 'eval_every', ',')} steps, patience {stop}, best checkpoint kept."
+        if stop
+        else ""
+    )
     return (
         f"- `{ds}`: {g('train', 'iterations', ',')} training iterations "
         f"(post-hoc: {g('posthoc', 'iterations', ',')}), "
@@ -203,6 +223,7 @@ def _budget_line(ds: str, b: dict[str, Any]) -> str:
         f"samples in {g('evaluate', 'z_shards')} shards; IWAE K = {g('evaluate', 'iwae_k', ',')} on "
         + ("the full test set" if subset is None else f"the first {subset:,} test images")
         + "."
+        + stopping
     )
 
 
@@ -221,12 +242,39 @@ def header(
         + (" (mean ± sd over seeds)." if len(spec["seeds"]) > 1 else " (single seed)."),
         "",
     ]
-    for ds, b in spec["budget"].items():
-        lines.append(_budget_line(ds, b))
+    lines += _budget_lines(spec["budget"])
     lines += ["", "Data versions:", ""]
     lines += [f"- {v}" for v in _data_versions(spec, root)] or [f"- {DASH}"]
     lines += ["", f"Machine: {_machine(cells)}.", "", f"Date: {now:%Y-%m-%d %H:%M} UTC.", ""]
+    lines += _provenance_lines(cells)
     return lines
+
+
+def _provenance_lines(cells: dict[tuple, CellResult]) -> list[str]:
+    """Published cells: the code versions they came from and their measured cost."""
+    provs = [r["provenance"] for c in cells.values() for r in c.runs if r.get("provenance")]
+    if not provs:
+        return []
+    versions: dict[str, int] = {}
+    for p in provs:
+        code = p.get("code") or {}
+        tag = f"`{str(code.get('commit'))[:10]}`" + (
+            " (src modified)" if code.get("src_modified") else ""
+        )
+        versions[tag] = versions.get(tag, 0) + 1
+    mixed = "" if len(versions) == 1 else " — cells of several code versions (same params and data)"
+    out = [
+        f"Cells are published results (larsvae.publish; {len(provs)} cell runs), each checked "
+        f"against this plan's params and data. Code at publication: "
+        + ", ".join(f"{v} ({n} cells)" for v, n in versions.items())
+        + mixed
+        + ".",
+        "",
+    ]
+    _, total = gains_mod.cost_rows(cells)
+    if total is not None:
+        out += [f"Measured cost: **{total:.2f} CPU hours** in all (per cell: the cost table).", ""]
+    return out
 
 
 def render_table1(
@@ -259,16 +307,7 @@ def render_table1(
                 row.append(f"{ours} / {fmt(p)} ({fmt(diff, signed=True)})")
         out.append("| " + " | ".join(row) + " |")
 
-    out += ["", "## LARS gain: NLL(standard) − NLL(LARS), nats (positive = LARS better)", ""]
-    out += ["| dataset | " + " | ".join(f"{ARCH_LABELS[a]} ours / paper" for a in archs) + " |"]
-    out += ["|---" * (1 + len(archs)) + "|"]
-    for ds in datasets:
-        row = [DATASET_LABELS[ds]]
-        for a in archs:
-            g = gain(cells, ds, a)
-            pg = PAPER_TABLE1[ds][a][0] - PAPER_TABLE1[ds][a][1]
-            row.append(f"{fmt(g, signed=True)} / {fmt(pg, signed=True)}")
-        out.append("| " + " | ".join(row) + " |")
+    out += _gain_block(cells, datasets, archs)
 
     posthoc = [c for k, c in cells.items() if k[3] == "posthoc"]
     if posthoc:
@@ -304,6 +343,39 @@ def render_table1(
         )
     out += ["", "Paper values: Bauer & Mnih (AISTATS 2019), Table 1.", ""]
     return "\n".join(out)
+
+
+def _gain_block(cells: dict[tuple, CellResult], datasets: list[str], archs: list[str]) -> list[str]:
+    """The gain with its paired error beside the paper's, the claims, the seeds, the cost."""
+    paired = gains_mod.gains(cells)
+    out = ["", "## LARS gain: NLL(standard) − NLL(LARS), nats (positive = LARS better)", ""]
+    out += [
+        "Ours ± SE: the paired standard error over the same test images combined with the "
+        "error carried from Z (n.s.: |gain| < 2 SE); without per-image values, the plain "
+        "difference. Paper: its Table 1's difference.",
+        "",
+        "| dataset | " + " | ".join(f"{ARCH_LABELS[a]} ours / paper" for a in archs) + " |",
+        "|---" * (1 + len(archs)) + "|",
+    ]
+    for ds in datasets:
+        row = [DATASET_LABELS[ds]]
+        for a in archs:
+            g = paired.get((ds, a))
+            ours = g.text() if g is not None else fmt(gain(cells, ds, a), signed=True)
+            pg = PAPER_TABLE1[ds][a][0] - PAPER_TABLE1[ds][a][1]
+            row.append(f"{ours} / {fmt(pg, signed=True)}")
+        out.append("| " + " | ".join(row) + " |")
+    out += ["", "## The paper's claims, computed", ""] + gains_mod.claims(cells, paired)
+    spread = gains_mod.seed_spread(cells, paired)
+    if spread:
+        out += ["", "## Seeds", ""] + spread
+    rows, total = gains_mod.cost_rows(cells)
+    if any(r.get("provenance") for c in cells.values() for r in c.runs):
+        out += ["", "## Cost per cell (CPU minutes, one thread; wall time of each job)", ""]
+        out += ["| cell | train | Z | IWAE + ELBO |", "|---|---|---|---|", *rows]
+        if total is not None:
+            out += ["", f"Total: {total:.2f} CPU hours."]
+    return out
 
 
 def render_main(
