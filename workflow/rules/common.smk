@@ -10,6 +10,7 @@ from snakemake.utils import update_config, validate
 
 from larsvae import config as lconfig
 from larsvae.data.sources import export_mirrors
+from larsvae.reports.priors import comparison_cells
 from larsvae.paths import (Layout, dataset_file, fill, labels_file, manifest_file,
                            verified_file)
 
@@ -75,6 +76,8 @@ except (WorkflowError, lconfig.ConfigError) as err:
 L = Layout(P.runs, P.reports, P.results)
 REPORTS = {k: L.report(f) for k, f in (("table", "table1.md"), ("main", "main.md"),
            ("metrics", "metrics.json"), ("curves", "figures/training_curves.png"))}
+# a publishing budget's Table 1 so far: the same reports of the cells published until now
+PROGRESS = {k: L.report(f"progress/{Path(f).name}") for k, f in REPORTS.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,8 +287,45 @@ def report_spec(wildcards):
     return _spec(P.main_cells)
 
 
+def _published_main_cells():
+    return [c for c in P.main_cells if is_published(c)]
+
+
+def progress_inputs(wildcards):
+    """The Table 1 cells published so far (a budget with paths.results)."""
+    inputs = _result_inputs(_published_main_cells())
+    inputs.pop("publish")
+    return inputs
+
+
+def progress_spec(wildcards):
+    """The report spec of the published cells, with the number of cells planned."""
+    return _json({**json.loads(_spec(_published_main_cells())), "planned": len(P.main_cells)})
+
+
 def appendix_spec(wildcards):
     return _spec(TABLE_CELLS)
+
+
+# The prior comparison (priors.md, asked for by name): a budget has one when its cells run a
+# prior beyond Table 1's N(0, I) and LARS; it reads the base cells of those datasets and archs
+PRIOR_CELLS = comparison_cells(P.cells)
+PRIORS_REPORT = {"table": L.report("priors.md"), "figure": L.report("fig_priors.png")}
+
+
+def priors_inputs(wildcards):
+    return _result_inputs(PRIOR_CELLS)
+
+
+def priors_spec(wildcards):
+    """Table 1's spec of the comparison cells, each with its checkpoint (timed by the report
+    where it is still there), its train log and its iterations (the training step time)."""
+    spec = json.loads(_spec(PRIOR_CELLS))
+    for c, files in zip(PRIOR_CELLS, spec["cells"]):
+        step, section = ("train_posthoc", "posthoc") if c.mode == "posthoc" else ("train", "train")
+        files.update(checkpoint=L.model(**c.wildcards()), train_log=L.log("train", **c.wildcards()),
+                     iterations=P.step_params(step, c)[section]["iterations"])
+    return _json(spec)
 
 
 def latent2d_inputs(wildcards):

@@ -22,6 +22,60 @@ rule report:
         " --metrics {output.metrics:q} --curves {output.curves:q} > {log:q} 2>&1"
 
 
+if P.results:
+
+    rule report_progress:
+        """Table 1 of the cells published so far (cells not yet published show a dash and the
+        header counts them): a grid longer than one sitting shows where it stands."""
+        input:
+            unpack(progress_inputs),
+        output:
+            table=PROGRESS["table"],
+            main=PROGRESS["main"],
+            metrics=PROGRESS["metrics"],
+            curves=PROGRESS["curves"],
+        log:
+            f"{P.runs}/logs/report_progress.log",
+        params:
+            spec=progress_spec,
+        conda:
+            "../envs/larsvae.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        shell:
+            "larsvae report --spec {params.spec:q} --table {output.table:q} --main {output.main:q}"
+            " --metrics {output.metrics:q} --curves {output.curves:q} > {log:q} 2>&1"
+
+
+if PRIOR_CELLS:
+
+    rule priors_report:
+        """The prior comparison: test NLL, KL and reconstruction over seeds, the gain over
+        N(0, I) with its paired error, parameters, sampling and training cost, the claims of
+        Bauer & Mnih and Lawson et al. computed; NLL against parameters and sampling time."""
+        input:
+            unpack(priors_inputs),
+        output:
+            table=report(PRIORS_REPORT["table"], category="Priors"),
+            figure=report(PRIORS_REPORT["figure"], category="Priors"),
+        log:
+            f"{P.runs}/logs/priors_report.log",
+        params:
+            spec=priors_spec,
+        conda:
+            "../envs/larsvae.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=60,
+        shell:
+            "OMP_NUM_THREADS={threads} larsvae priors-report --threads {threads}"
+            " --spec {params.spec:q} --table {output.table:q} --figure {output.figure:q}"
+            " > {log:q} 2>&1"
+
+
 rule sample_grid:
     """A grid of model samples x ~ p(x|z) p(z) (LARS: exact truncated sampler, ranked by a(z))."""
     input:

@@ -242,6 +242,13 @@ def header(
         + (" (mean ± sd over seeds)." if len(spec["seeds"]) > 1 else " (single seed)."),
         "",
     ]
+    planned, ran = spec.get("planned"), len(spec["cells"])
+    if planned is not None and planned > ran:
+        lines += [
+            f"**In progress: {ran} of the {planned} cell runs of this budget are published**; "
+            "the others show —. The full table is `table1.md` beside this folder once all are.",
+            "",
+        ]
     lines += _budget_lines(spec["budget"])
     lines += ["", "Data versions:", ""]
     lines += [f"- {v}" for v in _data_versions(spec, root)] or [f"- {DASH}"]
