@@ -20,6 +20,7 @@ status 2 (a diverged training run: status 1), never a traceback.
     larsvae report       --spec JSON --table T.md --main M.md --metrics M.json --curves C.png
     larsvae toy2d        --out fig.png [--steps 2000] [--seed 0]
     larsvae appendix     --spec JSON --out-dir DIR              (Tables D.1-D.5)
+    larsvae priors-report --spec JSON --table priors.md --figure F.png   (prior comparison)
     larsvae rank         --checkpoint CKPT --out-dir DIR [--n 10000] [--seed S]
                          [--threshold A] [--accepted-only] [--figures-dir DIR]   (Figs. D.5-D.8)
     larsvae z-convergence --z LABEL=z.json ... --out fig.png    (Figure A.2)
@@ -205,6 +206,12 @@ def cmd_report(a: argparse.Namespace) -> None:
     from . import steps
 
     steps.report(_spec(a.spec), a.table, a.main, a.metrics, a.curves, a.root)
+
+
+def cmd_priors_report(a: argparse.Namespace) -> None:
+    from . import steps
+
+    steps.priors_report(_spec(a.spec), a.table, a.figure, a.root)
 
 
 def cmd_toy2d(a: argparse.Namespace) -> None:
@@ -395,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--spec", required=True, help="JSON: name, seeds, budget, cells")
     ap.add_argument("--root", default=".", help="directory the spec's paths are relative to")
     ap.add_argument("--out-dir", required=True)
+
+    pr = command("priors-report", cmd_priors_report, "the prior comparison and its figure", False)
+    pr.add_argument("--spec", required=True, help="JSON: Table 1's spec, cells with checkpoints")
+    pr.add_argument("--root", default=".", help="directory the spec's paths are relative to")
+    pr.add_argument("--table", required=True, help="priors.md")
+    pr.add_argument("--figure", required=True, help="PNG: NLL vs parameters and sampling time")
+    pr.add_argument("--threads", type=int, default=None, help="CPU threads (timings use one)")
 
     rk = command("rank", cmd_rank, "rank proposal samples by a(z): grids, curve, samples file")
     rk.add_argument("--checkpoint", required=True, help="a LARS checkpoint")

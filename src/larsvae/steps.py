@@ -882,6 +882,19 @@ def latent2d(
     )
 
 
+def priors_report(
+    spec: dict[str, Any], table: PathLike, figure: PathLike, root: PathLike = "."
+) -> None:
+    """The prior comparison (priors.md) and its figure from the cells of ``spec`` (the Table
+    1 spec, each cell with its checkpoint, train log and iterations)."""
+    from .reports.priors import write_report
+
+    root = Path(root)
+    _check_results(spec, root)
+    write_report(spec, table, figure, root)
+    print(f"priors-report: wrote {table}, {figure}", file=sys.stderr)
+
+
 __all__ = [
     "check_data",
     "rank",
@@ -894,6 +907,7 @@ __all__ = [
     "posthoc_model",
     "prepare_labels",
     "prepare_data",
+    "priors_report",
     "read_z",
     "reduce_z",
     "report",
