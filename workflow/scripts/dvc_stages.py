@@ -3,11 +3,18 @@
 Snakemake owns the DAG. Each DVC stage wraps one Snakemake invocation (one params file; the
 budget's ``paths`` keep its outputs apart) and declares as its outputs exactly the files that
 invocation's DAG produces, read from ``snakemake --summary``: checkpoints, processed data, Z and
-NLL results as cached outputs; ``metrics.json`` as metrics; the training curves as plots. All
-outputs are ``persist: true`` so DVC never deletes them before a run: Snakemake's own
+NLL results as cached outputs; ``metrics.json`` as metrics; the training curves as top-level
+plots. All outputs are ``persist: true`` so DVC never deletes them before a run: Snakemake's own
 up-to-date checks decide what to rebuild. Params are listed key by key (every leaf of the params
 file), so ``dvc params diff`` and ``dvc exp run -S train.lr=...`` name single keys. Reports
 under ``reports/`` are committed to git (``cache: false``).
+
+Outputs are listed producers first (rules in the order of Snakemake's rule graph, then by
+path): DVC copies a stage's cached outputs in this order when it unprotects them before a run
+(and, with the ``copy`` cache type, when it commits them after one), so every file ends up
+newer than the files it was made from and Snakemake, which compares modification times, finds
+nothing out of date that was not. ``.dvc/config`` asks for hardlinks, with which a commit
+leaves every unchanged file's modification time as it was.
 Usage: ``python workflow/scripts/dvc_stages.py [--check]``.
 """
 
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -78,16 +86,17 @@ def param_keys(params_file: str) -> list[str]:
     return leaves(yaml.safe_load((REPO / params_file).read_text()))
 
 
-def dag_outputs(params_file: str, target: str = "all") -> list[str]:
-    """Every output file of ``target``'s DAG, relative to the working directory."""
-    with tempfile.TemporaryDirectory() as empty:  # a fresh directory: every file is 'missing'
+def _snakemake(option: str, params_file: str, target: str) -> str:
+    """stdout of ``snakemake OPTION TARGET`` for a params file, in an empty directory (where
+    every file is 'missing', so the whole DAG is listed)."""
+    with tempfile.TemporaryDirectory() as empty:
         out = subprocess.run(
             [
                 sys.executable,
                 "-m",
                 "snakemake",
-                "--summary",
                 target,
+                option,
                 "--snakefile",
                 str(REPO / "Snakefile"),
                 "--configfile",
@@ -101,23 +110,50 @@ def dag_outputs(params_file: str, target: str = "all") -> list[str]:
             check=False,
         )
     if out.returncode != 0:
-        raise SystemExit(f"dvc_stages: snakemake --summary failed:\n{out.stderr[-2000:]}")
-    lines = out.stdout.splitlines()
+        raise SystemExit(f"dvc_stages: snakemake {option} failed:\n{out.stderr[-2000:]}")
+    return out.stdout
+
+
+def rule_ranks(rulegraph: str) -> dict[str, int]:
+    """Rule -> length of the longest chain of rules feeding it (0: no inputs from the DAG),
+    from ``snakemake --rulegraph`` (dot): a rule ranks above every rule it reads from."""
+    names = dict(re.findall(r"^\s*(\d+)\[label = \"(\w+)\"", rulegraph, flags=re.M))
+    parents: dict[str, set[str]] = {n: set() for n in names}
+    for a, b in re.findall(r"^\s*(\d+) -> (\d+)$", rulegraph, flags=re.M):
+        parents[b].add(a)
+    ranks: dict[str, int] = {}
+
+    def rank(n: str) -> int:
+        if n not in ranks:
+            ranks[n] = 1 + max((rank(p) for p in parents[n]), default=-1)
+        return ranks[n]
+
+    return {names[n]: rank(n) for n in names}
+
+
+def dag_outputs(params_file: str, target: str = "all") -> dict[str, int]:
+    """Every output file of ``target``'s DAG (relative to the working directory) -> the rank
+    of the rule that writes it; producers first (by rank, then path)."""
+    ranks = rule_ranks(_snakemake("--rulegraph", params_file, target))
+    lines = _snakemake("--summary", params_file, target).splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("output_file\t"))
-    return sorted(line.split("\t")[0] for line in lines[start + 1 :] if line.strip())
+    rows = [line.split("\t") for line in lines[start + 1 :] if line.strip()]
+    rank = {row[0]: ranks[row[2]] for row in rows}  # columns: output_file, date, rule, ...
+    return {p: rank[p] for p in sorted(rank, key=lambda p: (rank[p], p))}
 
 
 DATA = "data/processed/"
 
 
-def data_stage(outputs: dict[str, list[str]]) -> dict:
+def data_stage(outputs: dict[str, dict[str, int]]) -> dict:
     """Prepared data are shared by every budget, and DVC lets one stage own an output: this
     stage prepares the data of every other stage (Snakemake targets named explicitly)."""
-    files = sorted({p for paths in outputs.values() for p in paths if p.startswith(DATA)})
+    rank = {p: r for paths in outputs.values() for p, r in paths.items() if p.startswith(DATA)}
+    files = sorted(rank, key=lambda p: (rank[p], p))
     params_file, _, profile, _ = STAGES["main"]
     return {
         "desc": "Prepared datasets (checksummed sources, fixed binarisation), shared by budgets",
-        "cmd": f"snakemake {' '.join(files)} --profile workflow/profiles/{profile} "
+        "cmd": f"snakemake {' '.join(sorted(files))} --profile workflow/profiles/{profile} "
         f"--configfile {params_file}",
         "deps": list(DEPS),
         "outs": [{p: {"persist": True}} for p in files],
@@ -125,10 +161,12 @@ def data_stage(outputs: dict[str, list[str]]) -> dict:
 
 
 def stage(name: str, paths: list[str], owned: set[str]) -> dict:
-    """Stage ``name`` over its target's outputs ``paths``; those in ``owned`` (data, or an
-    earlier stage's) become dependencies."""
+    """Stage ``name`` over its target's outputs ``paths`` (producers first); those in
+    ``owned`` (data, or an earlier stage's) become dependencies. The training curves are
+    ordinary outputs here (DVC handles a stage's ``plots`` after its ``outs``, which would
+    leave them newer than the reports made from them) and top-level plots (``plots``)."""
     params_file, target, profile, desc = STAGES[name]
-    outs, metrics, plots, deps = [], [], [], []
+    outs, metrics, deps = [], [], []
     for path in paths:
         if path in owned:
             deps.append(path)
@@ -136,8 +174,6 @@ def stage(name: str, paths: list[str], owned: set[str]) -> dict:
         committed = path.startswith("reports/")  # runs/<budget>/reports are DVC-cached
         if path.endswith("/metrics.json"):
             metrics.append({path: {"cache": not committed, "persist": True}})
-        elif path.endswith("/curve.tsv"):
-            plots.append({path: {"x": "step", "y": "neg_elbo", "persist": True}})
         else:
             outs.append(
                 {path: {"cache": False, "persist": True} if committed else {"persist": True}}
@@ -151,7 +187,6 @@ def stage(name: str, paths: list[str], owned: set[str]) -> dict:
         "params": [{params_file: param_keys(params_file)}],
         "outs": outs,
         "metrics": metrics,
-        "plots": plots,
     }
 
 
@@ -163,9 +198,11 @@ def render() -> str:
     stages = {"data": data_stage(outputs)}
     owned = {next(iter(o)) for o in stages["data"]["outs"]}
     for name in STAGES:
-        stages[name] = stage(name, outputs[name], owned)
+        stages[name] = stage(name, list(outputs[name]), owned)
         owned |= set(outputs[name])
-    return HEADER + yaml.safe_dump({"stages": stages}, sort_keys=False, width=100)
+    curves = [next(iter(o)) for st in stages.values() for o in st["outs"]]
+    plots = [{p: {"x": "step", "y": "neg_elbo"}} for p in curves if p.endswith("/curve.tsv")]
+    return HEADER + yaml.safe_dump({"stages": stages, "plots": plots}, sort_keys=False, width=100)
 
 
 def main(argv: list[str] | None = None) -> int:
