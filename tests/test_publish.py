@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import test_pipeline
+import torch
 import yaml
 
 from larsvae.publish import check_nll_record, check_published, publish_cell, train_seconds
@@ -204,3 +205,14 @@ def test_a_published_grid_resumes_in_a_fresh_clone(clone):
     assert plan.get("train_standard") == 1 and plan.get("evaluate") == 1, plan
     assert plan.get("publish") == 1 and plan.get("report") == 1, plan
     assert not {"train_joint", "train_posthoc", "estimate_z"} & set(plan)
+
+
+def test_test_subset_is_evenly_spaced_and_keeps_a_sorted_splits_class_mix():
+    from larsvae.steps import test_indices
+
+    idx = test_indices(10_000, 2_000)
+    assert idx.tolist()[:3] == [0, 5, 10] and idx[-1] == 9_995 and len(set(idx.tolist())) == 2_000
+    labels = torch.arange(10).repeat_interleave(1_000)  # a test split sorted by class
+    assert torch.bincount(labels[idx]).tolist() == [200] * 10  # the first 2,000 are 0s and 1s
+    assert test_indices(10, 50).tolist() == list(range(10))
+    assert test_indices(7, 3).tolist() == [0, 2, 4]

@@ -193,7 +193,12 @@ class EvalConfig:
         1000, "iwae", "importance samples per chunk (speed only)", lo=1, hi=1_000_000
     )
     test_subset: int | None = _key(
-        None, "iwae", "first N test images; null = all", lo=1, hi=10_000_000
+        None,
+        "iwae",
+        "N test images evenly spaced over the test split (the same for every cell of a "
+        "dataset; a test split sorted by class keeps its class mix); null = all",
+        lo=1,
+        hi=10_000_000,
     )
     elbo_samples: int = _key(
         10, "iwae", "posterior draws per image for the test ELBO", lo=1, hi=10_000

@@ -601,7 +601,7 @@ def evaluate(
         raise UserError(f"--z {z}: prior {meta.get('prior')!r} has no Z to install")
     x = eval_tensor(load_dataset(dataset_file), "test", device)
     if ecfg.test_subset is not None:
-        x = x[: ecfg.test_subset]
+        x = x[test_indices(x.shape[0], ecfg.test_subset)]
     t0 = time.perf_counter()
     outputs = isinstance(model, ResampledOutputsVAE)  # IWAE log pi(x) + the log-term
     summary = (outputs_nll_summary if outputs else nll_summary)(
@@ -628,6 +628,9 @@ def evaluate(
         **elbo.to_dict(),
         "wall_time_s": time.perf_counter() - t0,
         "device": str(device),
+        "test_images": "all"
+        if ecfg.test_subset is None or ecfg.test_subset >= n_test
+        else f"{ecfg.test_subset} of {n_test}, evenly spaced (i * {n_test} // {ecfg.test_subset})",
         # per test image, in test-set order: the paired comparisons of two cells and the
         # check that ``nll`` is their negative mean (larsvae.reports.table1)
         "log_px": [float(v) for v in summary.log_px.tolist()],
@@ -705,6 +708,15 @@ def report(
     )
     figures.plot_training_curves(spec, curves, root)
     print(f"report: wrote {table}, {main}, {metrics}, {curves}", file=sys.stderr)
+
+
+def test_indices(n_test: int, subset: int) -> torch.Tensor:
+    """``subset`` test images evenly spaced over the split (i * n / subset, i < subset): the
+    same images for every cell of a dataset, and the class mix of a split sorted by class
+    (staticMNIST's test split is: its first 2,000 images are 0s and 1s)."""
+    if subset >= n_test:
+        return torch.arange(n_test)
+    return torch.arange(subset) * n_test // subset
 
 
 def _check_results(spec: dict[str, Any], root: Path) -> None:

@@ -221,7 +221,7 @@ def _budget_line(ds: str, b: dict[str, Any]) -> str:
         f"eps = {g('model', 'eps', 'g')}, "
         f"S = {g('model', 'train_z_samples', ',')} (training); Z from {g('evaluate', 'z_samples', ',')} "
         f"samples in {g('evaluate', 'z_shards')} shards; IWAE K = {g('evaluate', 'iwae_k', ',')} on "
-        + ("the full test set" if subset is None else f"the first {subset:,} test images")
+        + ("the full test set" if subset is None else f"{subset:,} evenly spaced test images")
         + "."
         + stopping
     )
