@@ -15,7 +15,7 @@ from torch.distributions import Bernoulli, Normal
 from larsvae.config import ModelConfig
 from larsvae.distributions import StandardNormal
 from larsvae.models import ARCHITECTURES, build_model
-from larsvae.models.convhvae import ConvHVAE, conv_transpose_to_one_channel
+from larsvae.models.convhvae import FAST_DECODE_ROWS, ConvHVAE, conv_transpose_to_one_channel
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -273,12 +273,16 @@ def test_no_grad_log_weights_equal_the_training_path(arch):
         for prm in model.parameters():  # non-zero biases, so their wiring shows
             prm.add_(0.05 * torch.randn_like(prm))
     x = _batch(3, seed=4)
+    k = FAST_DECODE_ROWS // 3 + 1  # 3 * k rows: the no-grad decoder's path
+    calls = []
+    model.px_cnn[5].register_forward_hook(lambda *a: calls.append(1))  # the module path only
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-3)):
         model.to(dtype)
-        noise = torch.randn(3, 2, 7, 50, dtype=dtype, generator=torch.Generator().manual_seed(9))
+        noise = torch.randn(3, 2, k, 50, dtype=dtype, generator=torch.Generator().manual_seed(9))
         with torch.enable_grad():
-            want = model.log_weights(x.to(dtype), 7, noise=noise).detach()
+            want = model.log_weights(x.to(dtype), k, noise=noise).detach()
         with torch.no_grad():
-            got = model.log_weights(x.to(dtype), 7, noise=noise)
-        assert got.dtype == dtype and got.shape == (3, 7)
+            got = model.log_weights(x.to(dtype), k, noise=noise)
+        assert got.dtype == dtype and got.shape == (3, k)
         torch.testing.assert_close(got, want, rtol=0, atol=tol)
+    assert len(calls) == 2  # the two autograd passes; the no-grad ones took the fast path

@@ -64,6 +64,10 @@ from larsvae.objectives import bernoulli_log_prob, gaussian_log_prob
 CONV_CHANNELS = 32
 _CONV_SIDE = 4  # side of the feature map at the bottom of the CNN
 _CONV_FLAT = CONV_CHANNELS * _CONV_SIDE * _CONV_SIDE  # 4x4x32 = 512
+#: Rows (point, sample) from which the decoder takes :func:`conv_decoder_no_grad` on the CPU
+#: without autograd (IWAE's tiles of ~1,000 samples); fewer (sampling a handful, the memory
+#: estimator's one-image pass through the modules) take the modules themselves.
+FAST_DECODE_ROWS = 64
 
 
 def conv_encoder() -> nn.Sequential:
@@ -180,7 +184,7 @@ class ConvHVAE(LatentVariableModel):
         h = self.px_to_map(torch.cat([self.px_z1(z1), self.px_z2(z2)], dim=-1))  # (..., 512)
         lead = h.shape[:-1]
         h = h.reshape(-1, _CONV_FLAT)
-        if torch.is_grad_enabled() or h.device.type != "cpu":
+        if torch.is_grad_enabled() or h.device.type != "cpu" or h.shape[0] < FAST_DECODE_ROWS:
             return self.px_cnn(h).reshape(*lead, DATA_DIM)
         return conv_decoder_no_grad(self.px_cnn, h).reshape(*lead, DATA_DIM)
 
@@ -210,6 +214,7 @@ class ConvHVAE(LatentVariableModel):
 __all__ = [
     "CONV_CHANNELS",
     "ConvHVAE",
+    "FAST_DECODE_ROWS",
     "conv_decoder",
     "conv_decoder_no_grad",
     "conv_encoder",
