@@ -238,9 +238,9 @@ def test_dvc_repro_after_a_deleted_shard_reruns_only_its_dependents(dvc_clone):
     cell = "runs/smoke/results/dynamic_mnist/vae/lars/posthoc/seed1"
     data = {p: p.stat().st_mtime_ns for p in (dvc_clone / "data/processed").iterdir()}
     (dvc_clone / cell / "z" / "shard1of2.json").unlink()
-    r = _run([str(BIN / "dvc"), "repro", "smoke"], dvc_clone, timeout=900)
+    r = _run([str(BIN / "dvc"), "repro", "smoke"], dvc_clone, timeout=1800)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    jobs = _jobs(r.stdout + r.stderr)
+    jobs = [j for j in _jobs(r.stdout + r.stderr) if j.split(":")[0] != "all"]  # the target
     assert f"estimate_z:{cell}/z/shard1of2.json" in jobs
     assert f"reduce_z:{cell}/z.json" in jobs and f"evaluate:{cell}/nll.json" in jobs
     # the cell's Z feeds Table 1, the appendix tables and Figure A.2; nothing else reruns
