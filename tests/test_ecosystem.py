@@ -158,7 +158,7 @@ def test_recovery_after_kill_works_as_documented(tmp_path):
         start_new_session=True,
     )
     incomplete = tmp_path / ".snakemake" / "incomplete"
-    deadline = time.time() + 300
+    deadline = time.time() + 900  # a toy2d job takes seconds on a quiet machine
     while not (incomplete.is_dir() and any(incomplete.iterdir())):
         assert proc.poll() is None and time.time() < deadline, "the toy2d job never started"
         time.sleep(0.2)

@@ -342,6 +342,11 @@ class OutputsNLL:
     nll_marginal: float
     log_term_mean: float
 
+    @property
+    def log_px(self) -> Tensor:
+        """Per-image log p_T(x) (N,), as :attr:`NLLSummary.log_px`."""
+        return self.summary.log_px
+
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.summary.to_dict(),
