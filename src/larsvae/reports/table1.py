@@ -378,7 +378,13 @@ def _gain_block(cells: dict[tuple, CellResult], datasets: list[str], archs: list
         out += ["", "## Seeds", ""] + spread
     rows, total = gains_mod.cost_rows(cells)
     if any(r.get("provenance") for c in cells.values() for r in c.runs):
-        out += ["", "## Cost per cell (CPU minutes, one thread; wall time of each job)", ""]
+        out += ["", "## Cost per cell (minutes of wall time per job, one thread each)", ""]
+        out += [
+            "Measured by the jobs themselves (training, Z shards summed, IWAE and the test "
+            "ELBO). Jobs that shared the machine with other work ran slower than on a quiet "
+            "one, so these bound the quiet cost from above.",
+            "",
+        ]
         out += ["| cell | train | Z | IWAE + ELBO |", "|---|---|---|---|", *rows]
         if total is not None:
             out += ["", f"Total: {total:.2f} CPU hours."]
