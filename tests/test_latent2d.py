@@ -211,7 +211,7 @@ def cells(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def z_file(cells):
-    """A z.json as ``larsvae reduce-z`` writes it (the fields ``steps.read_z`` checks), from
+    """A z.json as ``larsvae reduce-z`` writes it (the fields ``zestimate.read_z`` checks), from
     the library's Monte Carlo estimator, 2^18 proposals."""
     from larsvae.zestimate import estimate_z
 

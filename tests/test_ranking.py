@@ -20,6 +20,7 @@ from larsvae import ranking
 from larsvae.checkpoint import load_model, save_checkpoint
 from larsvae.config import model_config, to_dict
 from larsvae.models import build_model
+from larsvae.reports import acceptance
 from larsvae.utils import UserError, file_sha256
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -98,7 +99,7 @@ def test_order_is_by_a_exactly_and_panels_pick_the_extremes(moderate):
     assert np.array_equal(r.rank()[o], np.arange(r.n))
     # the closed form ranks the samples the same way (a(z) is monotone in z_1 here)
     assert np.array_equal(np.argsort(-closed_form_log_a(r.z, MODERATE), kind="stable"), o)
-    p = ranking.panel_indices(r, 25, seed=7)
+    p = acceptance.panel_indices(r, 25, seed=7)
     assert set(p["highest"]) == set(o[:25]) and set(p["lowest"]) == set(o[-25:])
     assert len(set(p["random"])) == 25
     for idx in p.values():
@@ -194,8 +195,8 @@ def test_save_samples_filters_exactly(moderate, tmp_path):
 
 def test_rank_checkpoint_writes_the_figures_samples_and_summary(ckpts, tmp_path):
     ckpt, out = ckpts["moderate"], tmp_path / "out"
-    s = ranking.rank_checkpoint(ckpt, out, n=3000, seed=5, threshold=0.2, accepted_only=True)
-    assert sorted(p.name for p in out.iterdir()) == sorted(ranking.OUTPUTS)
+    s = acceptance.rank_checkpoint(ckpt, out, n=3000, seed=5, threshold=0.2, accepted_only=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(acceptance.OUTPUTS)
     for png in ("grid.png", "acceptance.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
     assert json.loads((out / "summary.json").read_text()) == s
@@ -218,15 +219,15 @@ def test_rank_checkpoint_writes_the_figures_samples_and_summary(ckpts, tmp_path)
 def test_rank_checkpoint_refuses_bad_inputs_and_writes_nothing(ckpts, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(UserError) as e:
-        ranking.rank_checkpoint(ckpts["gaussian"], out, n=100)
+        acceptance.rank_checkpoint(ckpts["gaussian"], out, n=100)
     msg = str(e.value)
     assert str(ckpts["gaussian"]) in msg and "'gaussian'" in msg and "\n" not in msg
     with pytest.raises(UserError, match="no such file"):
-        ranking.rank_checkpoint(tmp_path / "nowhere.pt", out, n=100)
+        acceptance.rank_checkpoint(tmp_path / "nowhere.pt", out, n=100)
     with pytest.raises(UserError, match="--n"):
-        ranking.rank_checkpoint(ckpts["moderate"], out, n=0)
+        acceptance.rank_checkpoint(ckpts["moderate"], out, n=0)
     with pytest.raises(UserError, match="--threshold"):
-        ranking.rank_checkpoint(ckpts["moderate"], out, n=100, threshold=1.5)
+        acceptance.rank_checkpoint(ckpts["moderate"], out, n=100, threshold=1.5)
     assert not out.exists()
 
 
@@ -247,8 +248,8 @@ def test_a_below_float64_range_is_ranked_saved_and_plotted_by_log_a(tmp_path):
     f = np.load(tmp_path / "all.npz")
     np.testing.assert_array_equal(f["log_a"], np.sort(log_a)[::-1])
     assert np.all(f["a"][50:] == 0) and np.all(f["log_a"][50:] < -745)
-    ranking.plot_grids(r, tmp_path / "grid.png")
-    ranking.plot_sorted_acceptance(r, tmp_path / "acc.png")  # its log10 fallback axis
+    acceptance.plot_grids(r, tmp_path / "grid.png")
+    acceptance.plot_sorted_acceptance(r, tmp_path / "acc.png")  # its log10 fallback axis
     for name in ("grid.png", "acc.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(ValueError, match="read-only"):
@@ -256,7 +257,7 @@ def test_a_below_float64_range_is_ranked_saved_and_plotted_by_log_a(tmp_path):
 
 
 def test_format_a_reaches_below_float64():
-    assert ranking.format_a(math.log(1e-80)) == "1.00e-80"
-    assert ranking.format_a(math.log(0.5)) == "5.00e-01"
-    assert ranking.format_a(-2000.0) == "2.58e-869"  # exp(-2000) = 0.0 in float64
-    assert ranking.format_a(math.log(9.999e-5)) == "1.00e-04"
+    assert acceptance.format_a(math.log(1e-80)) == "1.00e-80"
+    assert acceptance.format_a(math.log(0.5)) == "5.00e-01"
+    assert acceptance.format_a(-2000.0) == "2.58e-869"  # exp(-2000) = 0.0 in float64
+    assert acceptance.format_a(math.log(9.999e-5)) == "1.00e-04"

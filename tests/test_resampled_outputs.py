@@ -26,9 +26,9 @@ from larsvae.models.resampled_outputs import (
     build_resampled_outputs,
     nll_summary,
     rank_outputs,
-    write_output_ranking,
 )
 from larsvae.models.vae import VAE, LatentVariableModel
+from larsvae.reports.acceptance import write_output_ranking
 from larsvae.train import fit
 from larsvae.zestimate import estimate_z
 

@@ -36,6 +36,7 @@ from .config import (
     model_config,
 )
 from .config import has_z as _has_z
+from .models import build_model
 from .utils import UserError, atomic_torch_save
 
 FORMAT = "larsvae-checkpoint"
@@ -171,8 +172,6 @@ def build_from_meta(meta: dict[str, Any]) -> torch.nn.Module:
     Post-hoc models are a ``gaussian`` model passed through ``make_posthoc``, exactly as
     training built them, so that the state dict keys line up.
     """
-    from .models import build_model
-
     cfg = model_config(meta["model_config"])
     if meta.get("mode") == "posthoc":
         model = build_model(meta["arch"], meta.get("base_prior", "gaussian"), cfg)
@@ -194,24 +193,24 @@ def load_model(
 
 
 def check_size(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
-    """The model the meta describes (built on the ``meta`` device; only a small plain copy
-    is allocated, see :func:`larsvae.memory.model_shape`) holds exactly as many numbers as
-    the weights in the file."""
-    from . import memory
-
+    """The model the meta describes (built on PyTorch's ``meta`` device: no storage is
+    allocated) holds exactly as many numbers as the weights in the file, so that a forged
+    meta costs nothing."""
     weights = ckpt["model"]
     if not isinstance(weights, dict):
         raise CheckpointError(f"checkpoint {path}: its 'model' entry is not a state dict")
     have = sum(t.numel() for t in weights.values() if isinstance(t, torch.Tensor))
     try:
-        shape, _, _ = memory.shape_of_meta(ckpt["meta"])
+        with torch.device("meta"):
+            described = build_from_meta(ckpt["meta"]).state_dict()
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(
             f"checkpoint {path}: its meta does not describe a model: {_one_line(exc)}"
         ) from None
-    if have != shape.params:
+    params = sum(t.numel() for t in described.values())
+    if have != params:
         raise CheckpointError(
-            f"checkpoint {path}: its meta describes a model of {shape.params:,} numbers but "
+            f"checkpoint {path}: its meta describes a model of {params:,} numbers but "
             f"the file holds {have:,}: meta and weights do not match"
         )
 
@@ -219,13 +218,9 @@ def check_size(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
 def model_from_checkpoint(
     ckpt: dict[str, Any], path: str | os.PathLike, device: Any = "cpu"
 ) -> torch.nn.Module:
-    """The model of a loaded checkpoint. Before any weight is allocated, the size its meta
-    describes (counted on the ``meta`` device) must equal the size of the weights in the
-    file, and must fit in memory: a forged meta costs nothing."""
-    from . import memory
-
+    """The model of a loaded checkpoint, after :func:`check_size`. Whether it fits in memory
+    is the caller's question, asked before (:func:`larsvae.memory.load_job`)."""
     check_size(ckpt, path)
-    memory.require(memory.load_job(ckpt["meta"]), device, f"checkpoint {path}")
     try:
         model = build_from_meta(ckpt["meta"])
         model.load_state_dict(ckpt["model"])

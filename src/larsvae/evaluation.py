@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from larsvae.distributions.lars import _LOG_Z_MAX  # Z is capped just below 1 (Eq. A.14)
+from larsvae.distributions.lars import LOG_Z_MAX, ResampledPrior
 from larsvae.utils import module_tensor, progress_bar
 
 #: (point, sample) pairs per ``log_weights`` call on the CPU: about one point's K = 1000,
@@ -40,8 +40,6 @@ MIN_DEVICE_ROWS = 4096
 
 def _lars_prior(model: nn.Module):
     """The model's top prior if it is a LARS prior (has a normalising constant), else None."""
-    from larsvae.distributions import ResampledPrior
-
     prior = getattr(model, "top_prior", None)
     return prior if isinstance(prior, ResampledPrior) else None
 
@@ -65,7 +63,7 @@ def dlogp_dlogz(prior: nn.Module, z: torch.Tensor) -> torch.Tensor:
     if T == 1:
         return torch.zeros(n, dtype=torch.float64, device=z.device)
     a = torch.sigmoid(prior.acceptance(z).double())  # (B,)
-    log_z = min(float(prior.log_z), _LOG_Z_MAX)
+    log_z = min(float(prior.log_z), LOG_Z_MAX)  # Z is capped just below 1 (Eq. A.14)
     zz = math.exp(log_z)
     m = T - 1
     log1m = math.log1p(-zz)  # log(1 - Z)
@@ -77,7 +75,7 @@ def dlogp_dlogz(prior: nn.Module, z: torch.Tensor) -> torch.Tensor:
     return num / den
 
 
-def _tiles(nb: int, k: int, batch_size: int, k_chunk: int, device: torch.device):
+def iwae_tiles(nb: int, k: int, batch_size: int, k_chunk: int, device: torch.device):
     """(points, samples) per ``log_weights`` call: a tile of at most ``rows`` (point,
     sample) pairs, one point's samples in pieces or several points' whole sets. ``rows``
     is CPU_CALL_ROWS on the CPU, else batch_size * k_chunk (at least MIN_DEVICE_ROWS)."""
@@ -117,7 +115,7 @@ def _iwae(
     log_px = torch.empty(n, dtype=torch.float64)
     sens = torch.zeros(n, dtype=torch.float64) if sensitivity else None
     noise_shape = (model.num_layers, k, model.latent_dim)
-    b_tile, k_tile = _tiles(min(n, batch_size), k, batch_size, k_chunk, ref.device)
+    b_tile, k_tile = iwae_tiles(min(n, batch_size), k, batch_size, k_chunk, ref.device)
     bar = progress_bar(n, desc="IWAE", enabled=progress, unit="image")
     was_training = model.training
     model.eval()

@@ -40,6 +40,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import ranking
+from .checkpoint import check_size, is_lars
+from .config import OUTPUT_LARS_ARCHS, model_config
+from .distributions.lars import chunk_rows, default_max_block
+from .evaluation import iwae_tiles
+from .models import build_model, z_holder
 from .utils import UserError
 
 MEMORY_ENV = "LARSVAE_MEMORY_BYTES"
@@ -156,8 +162,8 @@ def _linear_widths(module: nn.Module) -> list[int]:
 def model_shape(arch: str, prior: str, mcfg: Any, posthoc: bool = False) -> ModelShape:
     """:class:`ModelShape` of ``build_model(arch, prior, mcfg)``, built on ``meta`` (only a
     small plain network is allocated, see :func:`_sample_outputs`); remembered per
-    arguments (and :data:`CPU_SHAPE_NUMEL`), as a job asks for it up to four times (the
-    checkpoint's size check, the step's and the load's estimates).
+    arguments (and :data:`CPU_SHAPE_NUMEL`), as a job asks for it twice (the step's and the
+    load's estimates).
 
     Activations come from ``log_weights`` of the same architecture with a standard prior
     (the LARS prior's running Z is data-dependent and cannot run on ``meta``) for 1 image
@@ -169,9 +175,6 @@ def model_shape(arch: str, prior: str, mcfg: Any, posthoc: bool = False) -> Mode
 
 @functools.lru_cache(maxsize=64)
 def _model_shape(arch: str, prior: str, mcfg: Any, posthoc: bool, cpu_cut: int) -> ModelShape:
-    from .config import OUTPUT_LARS_ARCHS
-    from .models import build_model, z_holder
-
     outputs = arch in OUTPUT_LARS_ARCHS  # activations as its VAE's; a(x) runs per sample
     with torch.device("meta"):
         if posthoc:  # exactly as training and checkpoint.build_from_meta build it
@@ -209,8 +212,6 @@ def _model_shape(arch: str, prior: str, mcfg: Any, posthoc: bool, cpu_cut: int) 
 def shape_of_meta(meta: Mapping[str, Any]) -> tuple[ModelShape, Any, str]:
     """(:func:`model_shape`, ModelConfig, prior) of the model a checkpoint's (validated)
     ``meta`` describes; a post-hoc model has the parameters of the joint LARS model."""
-    from .config import model_config
-
     posthoc = meta.get("mode") == "posthoc"
     prior = "lars" if posthoc else meta["prior"]
     mcfg = model_config(meta["model_config"], "model_config")
@@ -220,6 +221,14 @@ def shape_of_meta(meta: Mapping[str, Any]) -> tuple[ModelShape, Any, str]:
 def load_job(meta: Mapping[str, Any]) -> Estimate:
     """Loading a checkpoint: its state dict and the model built from its meta."""
     return _checkpoint_job("load", meta, copies=2)[0]
+
+
+def check_load(ckpt: Mapping[str, Any], path: Any, device: Any = "cpu") -> None:
+    """Building the model of a loaded checkpoint fits in memory: its meta against its weights
+    first (:func:`larsvae.checkpoint.check_size`: a forged meta costs nothing), then
+    :func:`load_job`. Asked at a step's boundary, before the model is built."""
+    check_size(ckpt, path)
+    require(load_job(ckpt["meta"]), device, f"checkpoint {path}")
 
 
 def _checkpoint_job(
@@ -274,10 +283,8 @@ def _iwae_parts(
     batch_key: str,
     chunk_key: str,
 ) -> None:
-    from .evaluation import _tiles
-
     nb = max(1, min(n, batch))
-    b_tile, k_tile = _tiles(nb, k, batch, k_chunk, torch.device(device))
+    b_tile, k_tile = iwae_tiles(nb, k, batch, k_chunk, torch.device(device))
     rows = b_tile * k_tile
     est.add(
         nb * k * (shape.latent * F32 + F32 + F64),
@@ -338,12 +345,10 @@ def train_job(
 
 def z_job(meta: Mapping[str, Any], ecfg: Any, device: Any) -> Estimate:
     """``larsvae estimate-z``: the batch's float64 units, one chunk of a(z) evaluations."""
-    from .distributions.lars import _chunk_rows
-
     est, shape = _checkpoint_job("estimate-z", meta)
     units = min(ecfg.z_batch, ecfg.z_samples)
     est.add(units * F64, {"evaluate.z_batch": ecfg.z_batch}, "the batch's float64 values")
-    chunk = min(units, _chunk_rows(torch.device(device)))  # a(z) rows per call, reused buffers
+    chunk = min(units, chunk_rows(torch.device(device)))  # a(z) rows per call, reused buffers
     est.add(
         chunk * (shape.per_z + shape.latent) * F32,
         {"evaluate.z_batch": ecfg.z_batch},
@@ -375,9 +380,6 @@ def evaluate_job(meta: Mapping[str, Any], ecfg: Any, n_test: int, device: Any) -
 
 def sample_job(meta: Mapping[str, Any], n: int, device: Any) -> Estimate:
     """``larsvae sample``: n decoded images and the sampler's blocks of proposals."""
-    from .checkpoint import is_lars
-    from .distributions.lars import default_max_block
-
     est, shape = _checkpoint_job("sample", meta)
     est.add(
         n * (shape.pair_peak * NOGRAD_FACTOR + shape.latent) * F32,
@@ -393,8 +395,6 @@ def sample_job(meta: Mapping[str, Any], n: int, device: Any) -> Estimate:
 
 def rank_job(meta: Mapping[str, Any], n: int, device: Any) -> Estimate:
     """``larsvae rank``: n proposal samples, their a(z) and their decoded images (kept)."""
-    from .ranking import CHUNK_ROWS
-
     est, shape = _checkpoint_job("rank", meta)
     est.add(shape.prior_params * F64, {}, "a float64 copy of a(z)")
     est.add(
@@ -402,7 +402,7 @@ def rank_job(meta: Mapping[str, Any], n: int, device: Any) -> Estimate:
         {"--n (report.rank_samples)": n},
         "n ranked samples and their images",
     )
-    rows = min(n, CHUNK_ROWS)
+    rows = min(n, ranking.CHUNK_ROWS)
     est.add(
         rows * (shape.pair_peak * NOGRAD_FACTOR * F32 + shape.per_z * F64),
         {"--n (report.rank_samples)": n},

@@ -26,6 +26,7 @@ naming the file or key; every output is written atomically, so a failed step wri
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -35,11 +36,43 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from . import data as data_mod
+from . import memory
+from .checkpoint import CheckpointError, check_size, has_z, load_checkpoint, model_from_checkpoint
 from .config import LARS_PRIORS, OUTPUT_LARS_ARCHS, EvalConfig, ModelConfig, TrainConfig, to_dict
+from .data import DEFAULT_SEED, DataError, load_manifest
+from .data.labels import prepare_labels as _prepare_labels
+from .data.loaders import eval_tensor, train_stream
+from .data.prepare import prepare
+from .distributions import ResampledPrior
+from .evaluation import elbo_terms, nll_summary
+from .models import build_model, z_holder
+from .models.resampled_outputs import ResampledOutputsVAE
+from .models.resampled_outputs import nll_summary as outputs_nll_summary
+from .paths import cell_of_path
 from .publish import check_nll_record, check_published
-from .utils import UserError, atomic_write, atomic_write_text, derive_seed, file_sha256
+from .reports import figures, table1
+from .reports.acceptance import rank_checkpoint, write_output_ranking
+from .reports.appendix import write_appendix
+from .reports.latent2d import latent2d_report
+from .reports.zconvergence import plot_z_convergence
+from .toy2d import make_figure, mog_experiment
+from .train import fit, resume_path_for
+from .utils import (
+    DiskFull,
+    UserError,
+    atomic_write,
+    atomic_write_text,
+    derive_seed,
+    existing_file,
+    file_sha256,
+    read_json,
+)
+from .zestimate import ZEstimate, check_batches, check_z_value, read_z, read_z_file
+from .zestimate import estimate_z as _estimate
 
 PathLike = str | os.PathLike
 #: derive_seed tags (distinct from every training step t >= 0)
@@ -50,27 +83,7 @@ def write_json(path: PathLike, obj: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
-def existing_file(path: PathLike, what: str) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{what} {path}: no such file")
-    if not p.is_file():
-        raise UserError(f"{what} {path}: not a regular file")
-    return p
-
-
-def _read_json(path: PathLike, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(existing_file(path, what).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{what} {path}: not valid JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{what} {path}: expected a JSON object")
-    return obj
-
-
 def load_dataset(path: PathLike) -> dict[str, Any]:
-    from . import data as data_mod
 
     p = existing_file(path, "--dataset-file")
     try:
@@ -98,9 +111,6 @@ def prepare_data(
     seed: int | None = None,
 ) -> Path:
     """Fetch, verify (sha256) and binarise ``dataset`` (:func:`larsvae.data.prepare.prepare`)."""
-    from .data import DEFAULT_SEED
-    from .data.prepare import prepare
-
     return prepare(
         dataset,
         out_dir,
@@ -115,11 +125,6 @@ def check_data(dataset_file: PathLike, out: PathLike) -> dict[str, Any]:
     """Verify a prepared npz against its manifest (every split's sha256, the dataset name) and
     write a stamp. The training and evaluation rules depend on the stamp, so a corrupted or
     swapped dataset fails here, before any job that would replace a good checkpoint starts."""
-    import hashlib
-
-    import numpy as np
-
-    from .data import load_manifest
 
     path = existing_file(dataset_file, "--dataset-file")
     manifest = load_manifest(path)
@@ -163,9 +168,6 @@ def check_data(dataset_file: PathLike, out: PathLike) -> dict[str, Any]:
 def posthoc_model(init: PathLike, arch: str, mcfg: ModelConfig) -> torch.nn.Module:
     """Post-hoc LARS (Sec. 4.1): the trained 'gaussian' standard model at ``init`` with its
     N(0, I) replaced by a ResampledPrior over it; only a(z) stays trainable."""
-    from .checkpoint import load_checkpoint
-    from .models import build_model
-
     ckpt = load_checkpoint(existing_file(init, "--init"))
     meta = ckpt["meta"]
     if meta.get("arch") != arch:
@@ -216,13 +218,6 @@ def train(
 
     Randomness: the initialisation uses ``derive_seed(seed, INIT_TAG)``, training step t
     ``derive_seed(seed, t)`` (larsvae.train), so a cell is a pure function of its inputs."""
-    from . import memory
-    from .data import load_manifest
-    from .data.loaders import eval_tensor, train_stream
-    from .models import build_model
-    from .train import fit
-    from .utils import DiskFull
-
     if init is not None and prior != "lars":
         raise UserError(f"--prior {prior!r}: post-hoc training learns a 'lars' prior")
     data_path = existing_file(dataset_file, "--dataset-file")
@@ -272,9 +267,6 @@ def train(
 
 def _kept_resume(out: PathLike) -> str:
     """What survived a failed training run: '; the last resume checkpoint ... is kept'."""
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .train import resume_path_for
-
     resume = resume_path_for(out)
     try:
         step = int(load_checkpoint(resume)["step"])
@@ -294,20 +286,17 @@ def load_checked(
     sits in (``.../{dataset}/{arch}/{prior}/{mode}/seed{seed}/model.pt``, larsvae.paths).
     ``job(meta)`` -> :class:`larsvae.memory.Estimate` is the step's memory estimate, checked
     before the model is built (:func:`larsvae.memory.require`)."""
-    from . import memory
-    from .checkpoint import check_size, load_checkpoint, model_from_checkpoint
-
     ckpt = load_checkpoint(existing_file(checkpoint, "--checkpoint"))
     _check_cell(checkpoint, ckpt["meta"])
     check_size(ckpt, checkpoint)
     est = job(ckpt["meta"]) if job is not None else None
     if est is not None:
         memory.require(est, device, f"{est.step} --checkpoint {checkpoint}")
+    memory.check_load(ckpt, checkpoint, device)
     return model_from_checkpoint(ckpt, checkpoint, device), ckpt
 
 
 def _check_cell(checkpoint: PathLike, meta: dict[str, Any]) -> None:
-    from .paths import cell_of_path
 
     where = cell_of_path(checkpoint)
     if where is not None:
@@ -334,7 +323,6 @@ def _check_cell(checkpoint: PathLike, meta: dict[str, Any]) -> None:
 def _lars_model(
     checkpoint: PathLike, device: Any, job: Any = None
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    from .checkpoint import has_z
 
     def lars_job(meta: dict[str, Any]) -> Any:
         if not has_z(meta):
@@ -363,14 +351,10 @@ def estimate_z(
 
     ``seed`` defaults to the checkpoint's; batch b's draws depend only on (seed, b), so the
     shards merge into exactly the unsharded estimate (larsvae.zestimate)."""
-    from . import memory
-    from .zestimate import estimate_z as _estimate
-
     if num_shards < 1:
         raise UserError(f"--num-shards: expected an integer >= 1, got {num_shards}")
     if not 0 <= shard < num_shards:
         raise UserError(f"--shard: expected an integer in [0, {num_shards - 1}], got {shard}")
-    from .models import z_holder
 
     model, ckpt = _lars_model(checkpoint, device, lambda meta: memory.z_job(meta, ecfg, device))
     prior = z_holder(model)
@@ -418,35 +402,10 @@ def estimate_z(
 _SHARD_KEYS = ("checkpoint_sha256", "num_shards", "seed", "z_samples", "antithetic")
 
 
-def _check_batches(estimate: Any, what: str) -> None:
-    """Every batch record of a Z file holds >= 1 unit and at least as many samples: a
-    record with 0 units would divide by zero in the variance, and is never written."""
-    batches = estimate.get("batches") if isinstance(estimate, dict) else None
-    for rec in batches if isinstance(batches, list) else ():
-        if not isinstance(rec, list) or len(rec) != 6:
-            continue  # ZEstimate.from_dict words this one
-        index, units, samples = rec[:3]
-        if not (isinstance(units, int) and isinstance(samples, int)) or not 1 <= units <= samples:
-            raise UserError(
-                f"{what}: batch {index!r} records {units!r} units from {samples!r} samples "
-                "(expected 1 <= units <= samples): a damaged file; rerun the step that wrote it"
-            )
-
-
-def _check_z_value(est: Any, what: str) -> None:
-    """Refuse an estimate that cannot be Z = E[a(z)] (larsvae.zestimate.z_problem)."""
-    from .zestimate import z_problem
-
-    problem = z_problem(est)
-    if problem is not None:
-        raise UserError(f"{what}: {problem}")
-
-
 def _read_shard(path: PathLike) -> dict[str, Any]:
-    from .zestimate import ZEstimate
 
-    obj = _read_json(path, "shard")
-    _check_batches(obj.get("estimate"), f"shard {path}")
+    obj = read_json(path, "shard")
+    check_batches(obj.get("estimate"), f"shard {path}")
     try:
         obj["_est"] = ZEstimate.from_dict(obj["estimate"])
         for key in ("shard", *_SHARD_KEYS):
@@ -458,15 +417,13 @@ def _read_shard(path: PathLike) -> dict[str, Any]:
 
 def reduce_z(shards: Sequence[PathLike], out: PathLike) -> dict[str, Any]:
     """Merge a complete set of shards of one run into ``z.json`` (mean, standard error)."""
-    from .zestimate import ZEstimate
-
     objs = [(str(p), _read_shard(p)) for p in shards]
     for path, obj in objs:
         est = obj["_est"]
         if not (math.isfinite(est.sum) and math.isfinite(est.sum_sq)):
             raise UserError(f"shard {path}: a batch sum is NaN or infinite; rerun this shard")
         if est.n:  # the merged Z is a weighted mean of the shards' means: each a possible Z
-            _check_z_value(est, f"shard {path}")
+            check_z_value(est, f"shard {path}")
     first_path, first = objs[0]
     for path, obj in objs[1:]:
         for key in _SHARD_KEYS:
@@ -509,51 +466,10 @@ def reduce_z(shards: Sequence[PathLike], out: PathLike) -> dict[str, Any]:
 
 def _split_size(dataset_file: PathLike, split: str) -> int:
     """Images in a split from the dataset's manifest (an upper guess when it has none)."""
-    from .data import DataError, load_manifest
-
     try:
         return int(load_manifest(dataset_file)["splits"][split].get("n") or 70_000)
     except DataError:
         return 70_000
-
-
-def _z_file(path: PathLike) -> tuple[dict[str, Any], Any]:
-    """(the JSON object, its ZEstimate) of a Z file, or one line naming the file."""
-    from .zestimate import ZEstimate
-
-    obj = _read_json(path, "--z")
-    _check_batches(obj.get("estimate"), f"--z {path}")
-    try:
-        return obj, ZEstimate.from_dict(obj["estimate"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"--z {path}: not a Z file written by reduce-z ({exc!r})") from None
-
-
-def read_z(path: PathLike, checkpoint: PathLike) -> Any:
-    """The ZEstimate of a ``z.json`` written by :func:`reduce_z` for ``checkpoint``."""
-    obj, est = _z_file(path)
-    if "shard" in obj:
-        raise UserError(
-            f"--z {path}: one Z shard ({obj['shard']} of {obj.get('num_shards')}), not the "
-            "estimate reduced from all shards (larsvae reduce-z)"
-        )
-    if not est.complete:
-        raise UserError(f"--z {path}: holds {len(est.partials)} of {est.num_batches} batches")
-    sha = obj.get("checkpoint_sha256")
-    if not sha:
-        raise UserError(
-            f"--z {path}: records no checkpoint_sha256, so it cannot be tied to {checkpoint}"
-        )
-    if sha != file_sha256(checkpoint):
-        raise UserError(f"--z {path}: Z was estimated for another checkpoint than {checkpoint}")
-    _check_z_value(est, f"--z {path}")
-    if not math.isfinite(float(est.log_mean)):
-        raise UserError(
-            f"--z {path}: Z estimate underflows (log Z = {est.log_mean}): every "
-            "sampled acceptance probability was 0; the acceptance network is "
-            "degenerate"
-        )
-    return est
 
 
 # ---------------------------------------------------------------------------------------
@@ -571,14 +487,6 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """IWAE test NLL with ``ecfg.iwae_k`` samples; LARS priors use the Z of ``z``."""
-    from . import memory
-    from .checkpoint import has_z
-    from .data.loaders import eval_tensor
-    from .evaluation import elbo_terms, nll_summary
-    from .models import z_holder
-    from .models.resampled_outputs import ResampledOutputsVAE
-    from .models.resampled_outputs import nll_summary as outputs_nll_summary
-
     n_test = _split_size(dataset_file, "test")
     model, ckpt = load_checked(
         checkpoint, device, lambda meta: memory.evaluate_job(meta, ecfg, n_test, device)
@@ -661,11 +569,7 @@ def sample_grid(
 ) -> None:
     """A PNG grid of ``n`` samples x ~ p(x|z) p(z) (LARS: the exact truncated sampler),
     LARS samples ranked by a(z) (the paper's quality score, Sec. 5), best first."""
-    from torchvision.utils import save_image
-
-    from . import memory
-    from .distributions import ResampledPrior
-    from .models.resampled_outputs import ResampledOutputsVAE
+    from torchvision.utils import save_image  # torchvision loads only for this step
 
     if n < 1:
         raise UserError(f"--n: expected an integer >= 1, got {n}")
@@ -695,8 +599,6 @@ def report(
     root: PathLike = ".",
 ) -> None:
     """Table 1 (ours beside the paper's), the main-job summary, metrics.json, curves."""
-    from .reports import figures, table1
-
     root = Path(root)
     _check_results(spec, root)
     cells = table1.load_results(spec, root)
@@ -729,31 +631,27 @@ def _check_results(spec: dict[str, Any], root: Path) -> None:
         if not isinstance(c.get("nll"), str):
             raise UserError(f"--spec: cell {c} names no nll.json")
         path = root / c["nll"]
-        check_nll_record(_read_json(path, "nll.json"), path)
+        check_nll_record(read_json(path, "nll.json"), path)
         if c.get("provenance"):  # a published cell (larsvae.publish): against this plan
-            stamp = _read_json(root / c["verified"], "verified stamp") if c.get("verified") else {}
+            stamp = read_json(root / c["verified"], "verified stamp") if c.get("verified") else {}
             prov = root / c["provenance"]
             check_published(prov.parent, c, c.get("params") or {}, stamp.get("npz_sha256"))
         if c.get("z"):
-            _read_json(root / c["z"], "z.json")
+            read_json(root / c["z"], "z.json")
 
 
 def appendix(spec: dict[str, Any], out_dir: PathLike, root: PathLike = ".") -> list[Path]:
     """Tables D.1-D.5 of the appendix (ours beside the paper's) from the cells' results."""
-    from .reports.appendix import write_appendix
-
     return write_appendix(spec, out_dir, root)
 
 
 def z_convergence(z_files: dict[str, PathLike], out: PathLike) -> None:
     """Figure A.2: Z_S against S for each labelled z.json, from its per-batch sums (no new
     sampling: batch b's draws depend only on (seed, b), so the curve is the sequential one)."""
-    from .reports.zconvergence import plot_z_convergence
-
     curves = {}
     for label, path in z_files.items():
-        curves[label] = _z_file(path)[1]
-        _check_z_value(curves[label], f"--z {path}")
+        curves[label] = read_z_file(path)[1]
+        check_z_value(curves[label], f"--z {path}")
     plot_z_convergence(curves, out)
 
 
@@ -761,8 +659,6 @@ def _rank_outputs(
     checkpoint: PathLike, out_dir: PathLike, n: int, seed: int, device: Any
 ) -> dict[str, Any]:
     """Figure D.9: n decoded samples x ~ pi(x) of a model with resampled outputs, by a(x)."""
-    from .models.resampled_outputs import write_output_ranking
-
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UserError(f"--n: expected an integer >= 1, got {n!r}")
     model, ckpt = load_checked(checkpoint, device)
@@ -785,10 +681,6 @@ def rank(
     """Figures D.5-D.8: n proposal samples ranked by a(z) (larsvae.ranking.rank_checkpoint):
     grid of the best / random / worst, sorted a(z), samples.npz and summary.json in
     ``out_dir``; the figures and summary also copied to ``figures_dir`` if given."""
-    from . import memory
-    from .checkpoint import check_size, load_checkpoint
-    from .ranking import rank_checkpoint
-
     ckpt = load_checkpoint(existing_file(checkpoint, "--checkpoint"))
     _check_cell(checkpoint, ckpt["meta"])  # as estimate-z and sampling: never another cell's
     if isinstance(n, int) and n >= 1:  # rank_checkpoint words the error otherwise
@@ -819,8 +711,6 @@ def toy2d(out: PathLike, steps: int, seed: int, *, progress: bool = True) -> dic
     """The 2-D illustration: LARS fitted to ring / two moons / checkerboard (Sec. 3, Eq. 5);
     writes the figure and ``<out>.json`` (per target: test NLL of the fit, N(0, I), the
     target itself; Z and its standard error)."""
-    from .toy2d import make_figure
-
     if steps < 1:
         raise UserError(f"--steps: expected an integer >= 1, got {steps}")
     summary = make_figure(Path(out), steps=steps, seed=seed, progress=progress)
@@ -843,8 +733,6 @@ def mog2d(
 ) -> dict[str, Any]:
     """Figures 2 / D.3 / D.4: LARS, RealNVP and LARS over RealNVP fitted to a 2-D mixture of
     Gaussians with KL(q || N(0, I)) = 1.8; the KL(q || p) and Z table and the figure."""
-    from .toy2d import mog_experiment
-
     return mog_experiment(
         Path(out_table),
         Path(out_figure),
@@ -860,9 +748,7 @@ def prepare_labels(dataset: str, dataset_file: PathLike, out: PathLike) -> str:
     """The class labels of ``dataset`` beside its prepared npz (never inside it: that would
     change its hash and every checkpoint's provenance), aligned with and checked against
     ``dataset_file``'s images; returns the labels file's sha256."""
-    from .data.labels import prepare_labels as _prepare
-
-    return _prepare(dataset, out, dataset_file=existing_file(dataset_file, "--dataset-file"))
+    return _prepare_labels(dataset, out, dataset_file=existing_file(dataset_file, "--dataset-file"))
 
 
 def latent2d(
@@ -878,8 +764,6 @@ def latent2d(
 ) -> dict[str, Any]:
     """Figures D.10-D.14 and table_latent2d.md for the 2-D latent VAEs ``models`` (label ->
     checkpoint; each checked for provenance like any other consumer of a checkpoint)."""
-    from .reports.latent2d import latent2d_report
-
     for label, path in models.items():
         existing_file(path, f"--model {label}")
     return latent2d_report(
@@ -920,7 +804,6 @@ __all__ = [
     "prepare_labels",
     "prepare_data",
     "priors_report",
-    "read_z",
     "reduce_z",
     "report",
     "sample_grid",

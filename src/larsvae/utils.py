@@ -13,6 +13,7 @@ import errno
 import hashlib
 import io
 import itertools
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -115,7 +116,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through :func:`atomic_write` (serialised in memory first)."""
-    import torch
+    import torch  # loaded late: the CLI answers argument errors without torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -173,9 +174,31 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def existing_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a Path if it is a regular file, or one line naming it."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{what} {path}: no such file")
+    if not p.is_file():
+        raise UserError(f"{what} {path}: not a regular file")
+    return p
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The JSON object in ``path``, or one line naming the file (``what``: how the user
+    named it, e.g. ``--z``)."""
+    try:
+        obj = json.loads(existing_file(path, what).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path}: not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{what} {path}: expected a JSON object")
+    return obj
+
+
 def library_version() -> str:
     try:
-        from importlib.metadata import version
+        from importlib.metadata import version  # read once, when a version is recorded
 
         return version("larsvae")
     except Exception:  # running from a source tree that is not installed
@@ -206,7 +229,7 @@ def progress_bar(
     """
     if enabled:
         try:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # optional dependency, only for a visible bar
 
             return tqdm(
                 total=total,

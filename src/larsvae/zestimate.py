@@ -29,6 +29,7 @@ merged should run in one software environment.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -37,8 +38,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from larsvae.distributions.lars import _acceptance_logits, _chunk_rows
-from larsvae.utils import derive_seed, module_device, progress_bar
+from larsvae.distributions.lars import _acceptance_logits, chunk_rows
+from larsvae.utils import (
+    UserError,
+    derive_seed,
+    file_sha256,
+    module_device,
+    progress_bar,
+    read_json,
+)
 
 FORMAT = "larsvae.zestimate/1"
 #: Middle part of every batch seed, derive_seed(seed, Z_STREAM, batch): keeps Z streams apart
@@ -285,7 +293,7 @@ def estimate_z(
     stop = (shard + 1) * num_batches // num_shards
     logits = _acceptance_logits(acceptance)
     per_unit = 2 if antithetic else 1
-    chunk = max(1, _chunk_rows(dev) // per_unit)  # units per evaluation of the network
+    chunk = max(1, chunk_rows(dev) // per_unit)  # units per evaluation of the network
     x_all = torch.empty(min(batch_size, num_samples) // per_unit, dtype=torch.float64, device=dev)
     bar = progress_bar(
         stop - start, desc=f"Z shard {shard}/{num_shards}", enabled=progress, unit="batch"
@@ -324,4 +332,80 @@ def estimate_prior_z(prior: nn.Module, num_samples: int, batch_size: int, **kwar
     return estimate_z(prior.acceptance, prior.proposal, num_samples, batch_size, **kwargs)
 
 
-__all__ = ["BatchPartial", "ZEstimate", "estimate_z", "estimate_prior_z", "z_problem", "FORMAT"]
+# ---------------------------------------------------------------------------------------
+# Z files: every reader of a shard or a reduced z.json checks it here
+
+
+def check_batches(estimate: Any, what: str) -> None:
+    """Every batch record of a Z file holds >= 1 unit and at least as many samples: a
+    record with 0 units would divide by zero in the variance, and is never written."""
+    batches = estimate.get("batches") if isinstance(estimate, dict) else None
+    for rec in batches if isinstance(batches, list) else ():
+        if not isinstance(rec, list) or len(rec) != 6:
+            continue  # ZEstimate.from_dict words this one
+        index, units, samples = rec[:3]
+        if not (isinstance(units, int) and isinstance(samples, int)) or not 1 <= units <= samples:
+            raise UserError(
+                f"{what}: batch {index!r} records {units!r} units from {samples!r} samples "
+                "(expected 1 <= units <= samples): a damaged file; rerun the step that wrote it"
+            )
+
+
+def check_z_value(est: Any, what: str) -> None:
+    """Refuse an estimate that cannot be Z = E[a(z)] (:func:`z_problem`)."""
+    problem = z_problem(est)
+    if problem is not None:
+        raise UserError(f"{what}: {problem}")
+
+
+def read_z_file(path: str | os.PathLike) -> tuple[dict[str, Any], ZEstimate]:
+    """(the JSON object, its ZEstimate) of a Z file, or one line naming the file."""
+    obj = read_json(path, "--z")
+    check_batches(obj.get("estimate"), f"--z {path}")
+    try:
+        return obj, ZEstimate.from_dict(obj["estimate"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"--z {path}: not a Z file written by reduce-z ({exc!r})") from None
+
+
+def read_z(path: str | os.PathLike, checkpoint: str | os.PathLike) -> ZEstimate:
+    """The ZEstimate of a ``z.json`` written by :func:`larsvae.steps.reduce_z` for
+    ``checkpoint``: complete, reduced from all shards, tied to the checkpoint by its sha256,
+    and a possible Z (:func:`z_problem`)."""
+    obj, est = read_z_file(path)
+    if "shard" in obj:
+        raise UserError(
+            f"--z {path}: one Z shard ({obj['shard']} of {obj.get('num_shards')}), not the "
+            "estimate reduced from all shards (larsvae reduce-z)"
+        )
+    if not est.complete:
+        raise UserError(f"--z {path}: holds {len(est.partials)} of {est.num_batches} batches")
+    sha = obj.get("checkpoint_sha256")
+    if not sha:
+        raise UserError(
+            f"--z {path}: records no checkpoint_sha256, so it cannot be tied to {checkpoint}"
+        )
+    if sha != file_sha256(checkpoint):
+        raise UserError(f"--z {path}: Z was estimated for another checkpoint than {checkpoint}")
+    check_z_value(est, f"--z {path}")
+    if not math.isfinite(float(est.log_mean)):
+        raise UserError(
+            f"--z {path}: Z estimate underflows (log Z = {est.log_mean}): every "
+            "sampled acceptance probability was 0; the acceptance network is "
+            "degenerate"
+        )
+    return est
+
+
+__all__ = [
+    "BatchPartial",
+    "ZEstimate",
+    "check_batches",
+    "check_z_value",
+    "estimate_z",
+    "estimate_prior_z",
+    "read_z",
+    "read_z_file",
+    "z_problem",
+    "FORMAT",
+]

@@ -29,7 +29,7 @@ from .base import Prior
 _LN2 = math.log(2.0)
 # Z is capped at about 1 - 1e-12 inside the truncated density (Eq. A.14): at Z = 1 exactly the
 # log-space formula has 0 * inf in its gradient. The cap changes log p by at most ~1e-12.
-_LOG_Z_MAX = -1e-12
+LOG_Z_MAX = -1e-12
 # Below this, series expansions replace log(-log1p(-Z)) etc. (error O(exp(2 * threshold))).
 _SERIES = -20.0
 
@@ -78,7 +78,7 @@ def lars_log_density(
     if truncation is None:
         return (log_pi64 + log_a64 - log_z).to(out_dtype)
     # Cap Z below 1 in the forward value only; the gradient passes through unchanged.
-    log_z = log_z - (log_z - log_z.clamp(max=_LOG_Z_MAX)).detach()
+    log_z = log_z - (log_z - log_z.clamp(max=LOG_Z_MAX)).detach()
     m = math.log(truncation - 1) + _log_neg_log1m(log_z)  # log(-(T-1) log(1-Z))
     log_tail = -torch.exp(m)  # log (1-Z)^(T-1)
     log_head = _log1m_exp_neg_exp(m)  # log(1 - (1-Z)^(T-1))
@@ -448,7 +448,9 @@ def default_max_block(device: torch.device) -> int:
     return 1 << 16 if device.type == "cpu" else 1 << 22
 
 
-def _chunk_rows(device: torch.device) -> int:
+def chunk_rows(device: torch.device) -> int:
+    """Rows per evaluation of the acceptance network on ``device`` (a size
+    :mod:`larsvae.memory` counts)."""
     return _CHUNK_ROWS_CPU if device.type == "cpu" else _CHUNK_ROWS_DEVICE
 
 
@@ -467,8 +469,8 @@ class _AcceptanceLogits:
         return self(torch.cat([z, -z]))
 
     def chunked(self, z: Tensor) -> Tensor:
-        """Logits of z in chunks of :func:`_chunk_rows` rows. (B, D) -> (B,)"""
-        c = _chunk_rows(z.device)
+        """Logits of z in chunks of :func:`chunk_rows` rows. (B, D) -> (B,)"""
+        c = chunk_rows(z.device)
         if z.shape[0] <= c:
             return self(z)
         return torch.cat([self(part) for part in z.split(c)])

@@ -37,17 +37,15 @@ samples, Z_smooth = (1 - eps) <Z> + eps Z_S, <Z> <- Z_smooth, all in float64 log
                                n, batch, antithetic=False)
     model.resampler.set_log_z(est.log_mean)
     nll_summary(model, x_test, k=1000, z_estimate=est)    # IWAE log pi + log term
-    write_output_ranking(model, out_dir, n=10_000, seed=0)  # Fig. D.9
+    rank_outputs(model, n=10_000, seed=0)                 # Fig. D.9's scores (reports.acceptance)
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,6 +58,7 @@ from larsvae.distributions.lars import lars_log_density
 from larsvae.evaluation import NLLSummary, dlogp_dlogz, iwae_log_likelihood, summarise_nll
 from larsvae.models.vae import DATA_DIM, VAE, LatentVariableModel
 from larsvae.objectives import mlp_forward
+from larsvae.ranking import RANK_TAG, Ranked
 from larsvae.utils import derive_seed, module_device
 
 #: the ``arch`` name of this model in checkpoints and cell paths
@@ -397,14 +396,12 @@ def nll_summary(
 
 
 @torch.no_grad()
-def rank_outputs(model: ResampledOutputsVAE, n: int, seed: int):
+def rank_outputs(model: ResampledOutputsVAE, n: int, seed: int) -> Ranked:
     """n decoded samples x ~ pi(x) scored by a(x): a :class:`larsvae.ranking.Ranked` whose
     ``z`` are the latents z_s, ``x`` the binary samples x_s (what a(x) scored; float32)
     and ``log_a`` = log sigmoid(logit(x_s)) from a float64 copy of a. One generator seeded
     with ``derive_seed(seed, ranking.RANK_TAG)`` on the model's device, so the result is a
     function of (model, n, seed)."""
-    from larsvae.ranking import RANK_TAG, Ranked
-
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: expected an integer >= 1, got {n!r}")
     device = module_device(model)
@@ -413,50 +410,6 @@ def rank_outputs(model: ResampledOutputsVAE, n: int, seed: int):
     acceptance64 = copy.deepcopy(model.resampler.acceptance).to(torch.float64)
     log_a = torch.cat([F.logsigmoid(acceptance64(p.double())).cpu() for p in x.split(CHUNK_ROWS)])
     return Ranked(z=z.cpu().numpy(), log_a=log_a.numpy(), x=x.float().cpu().numpy(), seed=int(seed))
-
-
-#: what Fig. D.9 ranks (larsvae.ranking.plot_grids / plot_sorted_acceptance)
-DECODED_SAMPLES = (
-    "x",
-    "Binary samples x ~ pi(x) of the VAE ranked by the output acceptance a(x)",
-    "decoded samples x ~ pi(x)",
-    "the binary images a(x) scored",
-)
-
-
-def write_output_ranking(
-    model: ResampledOutputsVAE,
-    out_dir,
-    *,
-    n: int = 10_000,
-    seed: int = 0,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The whole Fig. D.9 job for a loaded model: ``grid.png``, ``acceptance.png``,
-    ``samples.npz`` (:func:`larsvae.ranking.save_samples`, rank order) and last
-    ``summary.json`` in ``out_dir`` (the names of ``ranking.OUTPUTS``), all atomic.
-    ``extra`` (e.g. dataset, arch, checkpoint) is merged into the summary, returned too."""
-    from larsvae.ranking import acceptance_stats, plot_grids, plot_sorted_acceptance, save_samples
-    from larsvae.utils import atomic_write_text
-
-    r = rank_outputs(model, n, seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_samples(r, out / "samples.npz")
-    plot_grids(r, out / "grid.png", seed=seed, scored=DECODED_SAMPLES)  # Fig. D.9, left
-    plot_sorted_acceptance(r, out / "acceptance.png", scored=DECODED_SAMPLES)  # right
-    summary: dict[str, Any] = {
-        **(extra or {}),
-        "n": n,
-        "seed": seed,
-        "scored": "binary decoded samples x ~ pi(x)",
-        **acceptance_stats(r),  # a_mean: the Monte Carlo estimate of Z = E_pi[a(x)]
-        "files": {name: str(out / name) for name in ("grid.png", "acceptance.png", "samples.npz")},
-    }
-    atomic_write_text(
-        out / "summary.json", json.dumps(summary, indent=2, sort_keys=True, allow_nan=True) + "\n"
-    )
-    return summary
 
 
 __all__ = [
@@ -468,5 +421,4 @@ __all__ = [
     "build_resampled_outputs",
     "nll_summary",
     "rank_outputs",
-    "write_output_ranking",
 ]

@@ -45,7 +45,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import memory
+from ..checkpoint import is_lars, load_checkpoint, model_from_checkpoint
+from ..data.labels import load_labels
+from ..data.loaders import load
+from ..distributions.lars import ResampledPrior
+from ..models.vae import VAE
+from ..objectives import mlp_forward
 from ..utils import UserError, atomic_write_text, derive_seed, file_sha256, module_tensor
+from ..zestimate import read_z
 from .figures import save_png
 
 PathLike = str | os.PathLike
@@ -192,8 +200,6 @@ def encode(
 
     Grey levels are binarised once (see the module docstring); float64 results.
     """
-    from ..objectives import mlp_forward
-
     means, stds = [], []
     ref = next(model.parameters())
     for xb in _binarised_blocks(x, seed):
@@ -211,8 +217,6 @@ def prior_panels(prior: torch.nn.Module, grid: Grid) -> dict[str, Any]:
     a = 1 (no resampling). Returns float64 (G, G) ``log_pi``, ``a`` and the float
     ``log_z_quad`` (0 for a prior without Z) and ``pi_mass`` (pi's mass on the grid).
     """
-    from ..distributions.lars import ResampledPrior
-
     pts_m = grid.points().to(module_tensor(prior).dtype)
     g = grid.n
     if isinstance(prior, ResampledPrior):
@@ -236,8 +240,6 @@ def prior_panels(prior: torch.nn.Module, grid: Grid) -> dict[str, Any]:
 def prior_log_prob(prior: torch.nn.Module, grid: Grid, log_z: float | None) -> torch.Tensor:
     """log p at the cell centres (G, G) through the prior's own ``log_prob`` (Eq. A.14 /
     A.7 for LARS), with ``log_z`` installed first when the prior has a Z."""
-    from ..distributions.lars import ResampledPrior
-
     if isinstance(prior, ResampledPrior) and log_z is not None:
         prior.set_log_z(min(log_z, 0.0))
     lp = prior.log_prob(grid.points().to(module_tensor(prior).dtype))
@@ -249,10 +251,9 @@ def prior_log_prob(prior: torch.nn.Module, grid: Grid, log_z: float | None) -> t
 
 
 def _load_2d_model(label: str, path: PathLike, dataset_sha: str) -> tuple[Any, dict]:
-    from ..checkpoint import load_model
-    from ..models.vae import VAE
-
-    model, ckpt = load_model(path)
+    ckpt = load_checkpoint(path)
+    memory.check_load(ckpt, path)
+    model = model_from_checkpoint(ckpt, path)
     meta = ckpt["meta"]
     d = meta.get("model_config", {}).get("latent_dim", getattr(model, "latent_dim", None))
     if d != 2:
@@ -275,9 +276,6 @@ def _load_2d_model(label: str, path: PathLike, dataset_sha: str) -> tuple[Any, d
 
 
 def _load_data(dataset_file: PathLike, labels_file: PathLike) -> tuple[dict, dict]:
-    from ..data.labels import load_labels
-    from ..data.loaders import load
-
     data = {k: v.numpy() for k, v in load(dataset_file).items()}
     labels = load_labels(labels_file)
     for split in ("train", "test"):
@@ -339,8 +337,6 @@ def latent2d_report(
         or scatter_points < 1
     ):
         raise UserError(f"latent2d: scatter_points must be >= 1, got {scatter_points!r}")
-    from ..checkpoint import is_lars
-
     g = Grid(grid, float(extent))
     dataset_sha = file_sha256(dataset_file)
     loaded = {label: _load_2d_model(label, p, dataset_sha) for label, p in models.items()}
@@ -393,8 +389,6 @@ def latent2d_report(
             "paper_kl": PAPER_KL.get(_paper_key(label) or "", None),
         }
         if label in z_files:
-            from ..steps import read_z
-
             est = read_z(z_files[label], models[label])
             row.update(z_mc=float(est.mean), z_mc_stderr=float(est.stderr))
             row["kl_mc_z"] = kl_on_grid(q_mass, prior_log_prob(prior, g, est.log_mean), g.cell_area)
@@ -556,7 +550,7 @@ def render_table(result: Mapping[str, Any]) -> str:
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # loaded when a figure is drawn: the CLI starts without it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
