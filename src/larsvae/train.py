@@ -57,6 +57,8 @@ from .checkpoint import (
 )
 from .config import TrainConfig, to_dict
 from .distributions.flows import flow_parameters
+from .evaluation import iwae_log_likelihood
+from .models import z_holder
 from .utils import (
     TrainingDiverged,
     UserError,
@@ -143,8 +145,6 @@ def _cuda_index(device: torch.device) -> int:
 
 def current_log_z(model: torch.nn.Module) -> float:
     """The LARS running log <Z> (Algorithm 1), or NaN for models without one."""
-    from .models import z_holder
-
     log_z = getattr(z_holder(model), "log_z", None)
     if isinstance(log_z, torch.Tensor):
         return float(log_z.detach().double().cpu())
@@ -153,8 +153,6 @@ def current_log_z(model: torch.nn.Module) -> float:
 
 def default_validation_metric(model: torch.nn.Module, x: torch.Tensor, k: int) -> float:
     """Validation NLL in nats: IWAE bound with ``k`` samples (Burda et al.)."""
-    from .evaluation import iwae_log_likelihood
-
     with torch.no_grad():
         return float(-iwae_log_likelihood(model, x, k=k).mean())
 

@@ -23,6 +23,7 @@ to its images, see the mirror README) nor ``omniglot``.
 from __future__ import annotations
 
 import io
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -71,8 +72,6 @@ def labels_from_source(dataset: str, r: Resolved) -> dict[str, np.ndarray]:
 def _check_alignment(dataset: str, r: Resolved, dataset_file: Path) -> None:
     """Rebuild the image arrays from ``r`` with the preparation's own builder (and the seed
     of the prepared file's manifest) and require them to equal ``dataset_file``'s."""
-    import json
-
     manifest_path = dataset_file.with_suffix(".json")
     try:
         manifest = json.loads(manifest_path.read_text())

@@ -29,6 +29,12 @@ from __future__ import annotations
 from torch import nn
 
 from larsvae.config import PRIORS, ModelConfig, check_choice
+from larsvae.distributions.base import StandardNormal
+from larsvae.distributions.dimwise import DimwiseResampledPrior
+from larsvae.distributions.energy import SNISPrior, TRSPrior
+from larsvae.distributions.flows import MAF, RealNVP
+from larsvae.distributions.lars import AcceptanceMLP, ResampledPrior
+from larsvae.distributions.mixtures import MixtureOfGaussians, VampPrior
 
 
 def build_prior(name: str, dim: int, cfg: ModelConfig | None = None) -> nn.Module:
@@ -37,15 +43,6 @@ def build_prior(name: str, dim: int, cfg: ModelConfig | None = None) -> nn.Modul
     Raises :class:`~larsvae.config.ConfigError` naming the value and the choices for an
     unknown ``name``.
     """
-    # Imported here: the package __init__ imports this module, and the LARS classes live
-    # in sibling modules of the package.
-    from larsvae.distributions.base import StandardNormal
-    from larsvae.distributions.dimwise import DimwiseResampledPrior
-    from larsvae.distributions.energy import SNISPrior, TRSPrior
-    from larsvae.distributions.flows import MAF, RealNVP
-    from larsvae.distributions.lars import AcceptanceMLP, ResampledPrior
-    from larsvae.distributions.mixtures import MixtureOfGaussians, VampPrior
-
     cfg = ModelConfig() if cfg is None else cfg
     check_choice("prior", name, PRIORS)
 

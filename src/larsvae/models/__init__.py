@@ -7,6 +7,7 @@ import functools
 import torch
 
 from larsvae.config import ARCHS, PRIORS, ConfigError, ModelConfig, check_choice
+from larsvae.distributions.factory import build_prior
 from larsvae.models.convhvae import ConvHVAE
 from larsvae.models.resampled_outputs import ResampledOutputsVAE
 from larsvae.models.vae import HVAE, VAE, LatentVariableModel, _TwoLayerVAE
@@ -31,8 +32,6 @@ def build_model(arch: str, prior: str, cfg: ModelConfig) -> LatentVariableModel:
     check_choice("prior", prior, PRIORS)
     if arch not in ARCHITECTURES:  # ARCHS and ARCHITECTURES must agree
         raise ConfigError(f"arch: {arch!r} has no implementation")
-    from larsvae.distributions.factory import build_prior
-
     model = ARCHITECTURES[arch](build_prior(prior, cfg.latent_dim, cfg), cfg)
     if hasattr(model.top_prior, "bind_encoder"):  # the VampPrior: q(z_top | u_k)
         model.top_prior.bind_encoder(functools.partial(top_posterior, model))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from larsvae.config import ModelConfig
+from larsvae.distributions import StandardNormal, build_prior
 from larsvae.objectives import bernoulli_log_prob, gaussian_log_prob, mlp_forward, tanh
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -238,8 +239,6 @@ class LatentVariableModel(nn.Module):
         Afterwards only ``trainable_parameters()`` (the acceptance network) receive
         gradients, and ``train()`` keeps encoder and decoder in eval mode.
         """
-        from larsvae.distributions import StandardNormal, build_prior
-
         cfg = self.cfg if cfg is None else cfg
         if self._posthoc:
             raise RuntimeError("make_posthoc() was already called on this model")

@@ -110,7 +110,7 @@ def plot_training_curves(
 
     Returns ``{column: {"xlim": ..., "ylim": ...}}``, the main views' axis limits as drawn.
     """
-    import matplotlib
+    import matplotlib  # loaded when a figure is drawn: the CLI starts without it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -167,7 +167,7 @@ def _machine(cells: dict[tuple, CellResult]) -> str:
         {str(r.get("device")) for c in cells.values() for r in c.runs if r.get("device")}
     )
     try:
-        import torch
+        import torch  # loaded late: the CLI answers argument errors without torch
 
         torch_v = torch.__version__
     except ImportError:  # pragma: no cover

@@ -83,7 +83,7 @@ def plot_z_convergence(
     estimate is drawn as a dashed line and written in the panel. Saved atomically."""
     if not curves:
         raise ValueError("plot_z_convergence: no curves given")
-    import matplotlib
+    import matplotlib  # loaded when a figure is drawn: the CLI starts without it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -54,7 +54,7 @@ def grid_panels(prior: ResampledPrior, extent: float, n: int = 200) -> dict[str,
 
 def plot_rows(out_png: str | Path, rows: Sequence[Row], proposal_label: str) -> None:
     """Draw one row of four panels per target and write the PNG atomically."""
-    import matplotlib
+    import matplotlib  # loaded when a figure is drawn: the CLI starts without it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

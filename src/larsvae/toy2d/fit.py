@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from larsvae.distributions.lars import ResampledPrior
 from larsvae.utils import derive_seed, module_device
+from larsvae.zestimate import estimate_prior_z
 
 Sampler = Callable[[int, torch.Generator], Tensor]
 
@@ -67,8 +68,6 @@ def install_high_precision_z(
     Antithetic pairs are used when the proposal is symmetric (N(0, I)). Returns
     (log Z, standard error of Z).
     """
-    from larsvae.zestimate import estimate_prior_z
-
     antithetic = bool(getattr(prior.proposal, "symmetric", False))
     if antithetic:  # pairs need even sizes
         num_samples += num_samples % 2

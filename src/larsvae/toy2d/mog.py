@@ -608,7 +608,7 @@ def _plot(
     budget: dict,
 ) -> None:
     """Target, proposal, a(z) and the resampled density; one row per model."""
-    import matplotlib
+    import matplotlib  # loaded when a figure is drawn: the CLI starts without it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
