@@ -463,6 +463,90 @@ def section_schema(cls: type) -> dict[str, Any]:
     }
 
 
+def _seeds_schema(description: str | None = None) -> dict[str, Any]:
+    return {
+        **({"description": description} if description else {}),
+        "type": "array",
+        "minItems": 1,
+        "uniqueItems": True,
+        "items": {"type": "integer", "minimum": 0, "maximum": SEED_MAX},
+    }
+
+
+def _paths_schema() -> dict[str, Any]:
+    return {
+        "description": "where this budget's outputs live (relative to the repository)",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["runs", "reports"],
+        "properties": {
+            "runs": {"description": "models, results, logs", "type": "string"},
+            "reports": {"description": "tables and figures", "type": "string"},
+            "results": {
+                "description": "published cells (committed, so a grid resumes in a "
+                "fresh clone; larsvae.publish): the reports read them from here",
+                "type": "string",
+            },
+        },
+    }
+
+
+def _data_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
+        "properties": {
+            "mirrors": {
+                "description": "local mirror folders (relative to the repository) tried "
+                "before the canonical URLs",
+                "type": "array",
+                "items": {"type": "string"},
+                "default": [],
+            }
+        },
+    }
+
+
+def _experiments_schema() -> dict[str, Any]:
+    names = {"type": "array", "minItems": 1}
+    posthoc_is_lars = {
+        "if": {"properties": {"mode": {"const": "posthoc"}}},
+        "then": {"properties": {"prior": {"const": "lars"}}},
+    }
+    run = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["prior", "mode"],
+        "properties": {
+            "prior": {"enum": list(PRIORS)},
+            "mode": {"enum": list(MODES)},
+            "variant": {"type": "string", "pattern": "^[a-z0-9_]+$"},
+        },
+        **posthoc_is_lars,
+    }
+    return {
+        "type": "array",
+        "minItems": 1,
+        "items": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["datasets", "archs", "runs"],
+            "properties": {
+                "seeds": _seeds_schema("this experiment's seeds (default: the top-level seeds)"),
+                "appendix": {
+                    "description": "appendix experiment: in the appendix reports, "
+                    "not in Table 1 (cells identical to Table 1's are shared)",
+                    "type": "boolean",
+                },
+                "datasets": {**names, "items": {"enum": list(DATASETS)}},
+                "archs": {**names, "items": {"enum": list(ARCHS)}},
+                "runs": {**names, "items": run},
+            },
+        },
+    }
+
+
 def params_schema() -> dict[str, Any]:
     """The JSON schema of a params file (workflow/schemas/params.schema.yaml is this)."""
     defs = {
@@ -476,11 +560,6 @@ def params_schema() -> dict[str, Any]:
     }
     sections = {
         name: {"$ref": f"#/$defs/{'train' if name == 'posthoc' else name}"} for name in SECTIONS
-    }
-    names = {"type": "array", "minItems": 1}
-    posthoc_is_lars = {
-        "if": {"properties": {"mode": {"const": "posthoc"}}},
-        "then": {"properties": {"prior": {"const": "lars"}}},
     }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -496,41 +575,9 @@ def params_schema() -> dict[str, Any]:
                 "type": "string",
                 "pattern": "^[A-Za-z0-9_.-]+$",
             },
-            "paths": {
-                "description": "where this budget's outputs live (relative to the repository)",
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["runs", "reports"],
-                "properties": {
-                    "runs": {"description": "models, results, logs", "type": "string"},
-                    "reports": {"description": "tables and figures", "type": "string"},
-                    "results": {
-                        "description": "published cells (committed, so a grid resumes in a "
-                        "fresh clone; larsvae.publish): the reports read them from here",
-                        "type": "string",
-                    },
-                },
-            },
-            "data": {
-                "type": "object",
-                "additionalProperties": False,
-                "default": {},
-                "properties": {
-                    "mirrors": {
-                        "description": "local mirror folders (relative to the repository) tried "
-                        "before the canonical URLs",
-                        "type": "array",
-                        "items": {"type": "string"},
-                        "default": [],
-                    }
-                },
-            },
-            "seeds": {
-                "type": "array",
-                "minItems": 1,
-                "uniqueItems": True,
-                "items": {"type": "integer", "minimum": 0, "maximum": SEED_MAX},
-            },
+            "paths": _paths_schema(),
+            "data": _data_schema(),
+            "seeds": _seeds_schema(),
             **sections,
             "variants": {
                 "description": "named prior variants: model keys set over the model section "
@@ -552,45 +599,7 @@ def params_schema() -> dict[str, Any]:
                     "properties": sections,
                 },
             },
-            "experiments": {
-                "type": "array",
-                "minItems": 1,
-                "items": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["datasets", "archs", "runs"],
-                    "properties": {
-                        "seeds": {
-                            "description": "this experiment's seeds (default: the top-level seeds)",
-                            "type": "array",
-                            "minItems": 1,
-                            "uniqueItems": True,
-                            "items": {"type": "integer", "minimum": 0, "maximum": SEED_MAX},
-                        },
-                        "appendix": {
-                            "description": "appendix experiment: in the appendix reports, "
-                            "not in Table 1 (cells identical to Table 1's are shared)",
-                            "type": "boolean",
-                        },
-                        "datasets": {**names, "items": {"enum": list(DATASETS)}},
-                        "archs": {**names, "items": {"enum": list(ARCHS)}},
-                        "runs": {
-                            **names,
-                            "items": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "required": ["prior", "mode"],
-                                "properties": {
-                                    "prior": {"enum": list(PRIORS)},
-                                    "mode": {"enum": list(MODES)},
-                                    "variant": {"type": "string", "pattern": "^[a-z0-9_]+$"},
-                                },
-                                **posthoc_is_lars,
-                            },
-                        },
-                    },
-                },
-            },
+            "experiments": _experiments_schema(),
         },
     }
 
