@@ -587,42 +587,67 @@ def fit(
     try:
         run.start()
         st = run.state
-        start_step, stopped_early = st.step, False
+        start_step = st.step
         step = _make_step(model, optimizer, stream, cfg, seed, run.log)
         bar = progress_bar(cfg.iterations, initial=st.step, desc="train", enabled=progress)
         t0 = time.perf_counter()
-        # A graph step is read back only when its numbers are needed (no host sync per
-        # step); the eager step checks the loss before its update, so the CPU reads each.
-        defer = isinstance(step, _GraphStep)
-        while st.step < target and not stopped_early:
-            t = st.step
-            run.record(t, step(t))
-            st.step = t + 1
-            bar.update(1)
-            log_now = st.step % cfg.log_every == 0 or st.step == cfg.iterations
-            eval_now = run.do_eval and (st.step % cfg.eval_every == 0 or st.step == cfg.iterations)
-            save_now = st.step % cfg.checkpoint_every == 0 or st.step == target
-            if log_now or eval_now or save_now or not defer:
-                run.flush()  # before any checkpoint: a diverged step is never saved
-            if log_now:
-                run.log_window(t, bar)
-            if eval_now:
-                stopped_early = run.validate()
-            if save_now or stopped_early:
-                run.save_resume()
-        if stopped_early:
-            run.log(
-                f"early stopping at step {st.step}: no improvement in "
-                f"{cfg.early_stopping_patience} evaluations; keeping step "
-                f"{st.best['step']}"
-            )
+        stopped_early = _train_steps(run, step, bar, cfg, target)
         wall = time.perf_counter() - t0
     finally:
         if bar is not None:
             bar.close()
         run.close()
+    summary = _summary(run, model, cfg, start_step, wall, stopped_early)
+    if summary["finished"]:
+        run.finish(summary)
+    return summary
+
+
+def _train_steps(run: _Run, step: Any, bar: Any, cfg: TrainConfig, target: int) -> bool:
+    """Optimisation steps until ``target`` or early stopping (then True), with the logging,
+    validation and resume checkpoints ``cfg`` asks for."""
+    st = run.state
+    stopped_early = False
+    # A graph step is read back only when its numbers are needed (no host sync per
+    # step); the eager step checks the loss before its update, so the CPU reads each.
+    defer = isinstance(step, _GraphStep)
+    while st.step < target and not stopped_early:
+        t = st.step
+        run.record(t, step(t))
+        st.step = t + 1
+        bar.update(1)
+        log_now = st.step % cfg.log_every == 0 or st.step == cfg.iterations
+        eval_now = run.do_eval and (st.step % cfg.eval_every == 0 or st.step == cfg.iterations)
+        save_now = st.step % cfg.checkpoint_every == 0 or st.step == target
+        if log_now or eval_now or save_now or not defer:
+            run.flush()  # before any checkpoint: a diverged step is never saved
+        if log_now:
+            run.log_window(t, bar)
+        if eval_now:
+            stopped_early = run.validate()
+        if save_now or stopped_early:
+            run.save_resume()
+    if stopped_early:
+        run.log(
+            f"early stopping at step {st.step}: no improvement in "
+            f"{cfg.early_stopping_patience} evaluations; keeping step "
+            f"{st.best['step']}"
+        )
+    return stopped_early
+
+
+def _summary(
+    run: _Run,
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    start_step: int,
+    wall: float,
+    stopped_early: bool,
+) -> dict[str, Any]:
+    """What :func:`fit` returns: steps, final/best metrics, wall time, seconds per step."""
+    st = run.state
     steps_run = st.step - start_step
-    summary = {
+    return {
         "step": st.step,
         "steps_this_run": steps_run,
         "resumed_from": start_step,
@@ -635,9 +660,6 @@ def fit(
         "best_step": st.best["step"] if run.do_eval else None,
         "finished": st.step >= cfg.iterations or stopped_early,
     }
-    if summary["finished"]:
-        run.finish(summary)
-    return summary
 
 
 #: summary keys that describe one process's run, not the model (kept out of model.pt)
