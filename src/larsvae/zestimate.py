@@ -229,6 +229,59 @@ def _check_int(name: str, v: Any, minimum: int) -> int:
     return v
 
 
+def _checked_arguments(
+    proposal: nn.Module,
+    num_samples: int,
+    batch_size: int,
+    antithetic: bool,
+    seed: int,
+    shard: int,
+    num_shards: int,
+) -> bool:
+    """Refuse arguments :func:`estimate_z` cannot use; whether antithetic pairs are used."""
+    _check_int("num_samples", num_samples, 1)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("num_shards", num_shards, 1)
+    _check_int("seed", seed, 0)
+    if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < num_shards:
+        raise ValueError(f"shard: expected an integer in [0, {num_shards}), got {shard!r}")
+    if antithetic and not getattr(proposal, "symmetric", False):
+        warnings.warn(
+            f"antithetic Z estimation needs a symmetric proposal; {type(proposal).__name__} "
+            "is not, so plain Monte Carlo is used",
+            stacklevel=3,  # the caller of estimate_z
+        )
+        antithetic = False
+    if antithetic and (batch_size % 2 or num_samples % 2):
+        raise ValueError(
+            f"batch_size and num_samples must be even with antithetic pairs, got "
+            f"{batch_size} and {num_samples}"
+        )
+    return antithetic
+
+
+def _fill_units(
+    x: torch.Tensor,
+    proposal: nn.Module,
+    logits: Any,
+    gen: torch.Generator,
+    chunk: int,
+    antithetic: bool,
+) -> None:
+    """x (U,) float64 <- the batch's U units a(z) (or (a(z) + a(-z)) / 2), ``chunk`` units
+    per evaluation of the network, the samples drawn from ``gen`` in order."""
+    for lo in range(0, x.numel(), chunk):
+        k = min(chunk, x.numel() - lo)
+        z = proposal.sample(k, generator=gen)  # (k, D)
+        if antithetic:
+            a = logits.pm(z).double().sigmoid_()  # (2k,): z, then -z
+            torch.add(a[:k], a[k:], out=x[lo : lo + k])
+        else:
+            x[lo : lo + k] = logits(z).double().sigmoid_()
+    if antithetic:
+        x.mul_(0.5)  # exact: the unit is (a(z) + a(-z)) / 2
+
+
 @torch.no_grad()
 def estimate_z(
     acceptance: nn.Module,
@@ -265,24 +318,9 @@ def estimate_z(
             live on the modules' device.
         progress: show a tqdm progress bar (if tqdm is installed; else no bar).
     """
-    _check_int("num_samples", num_samples, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("num_shards", num_shards, 1)
-    _check_int("seed", seed, 0)
-    if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < num_shards:
-        raise ValueError(f"shard: expected an integer in [0, {num_shards}), got {shard!r}")
-    if antithetic and not getattr(proposal, "symmetric", False):
-        warnings.warn(
-            f"antithetic Z estimation needs a symmetric proposal; {type(proposal).__name__} "
-            "is not, so plain Monte Carlo is used",
-            stacklevel=2,
-        )
-        antithetic = False
-    if antithetic and (batch_size % 2 or num_samples % 2):
-        raise ValueError(
-            f"batch_size and num_samples must be even with antithetic pairs, got "
-            f"{batch_size} and {num_samples}"
-        )
+    antithetic = _checked_arguments(
+        proposal, num_samples, batch_size, antithetic, seed, shard, num_shards
+    )
     if device is not None:
         acceptance.to(device)
         proposal.to(device)
@@ -305,16 +343,7 @@ def estimate_z(
             gen = torch.Generator(device=dev)
             gen.manual_seed(derive_seed(seed, Z_STREAM, b))
             x = x_all[: size // per_unit]  # the batch's i.i.d. units
-            for lo in range(0, x.numel(), chunk):
-                k = min(chunk, x.numel() - lo)
-                z = proposal.sample(k, generator=gen)  # (k, D)
-                if antithetic:
-                    a = logits.pm(z).double().sigmoid_()  # (2k,): z, then -z
-                    torch.add(a[:k], a[k:], out=x[lo : lo + k])
-                else:
-                    x[lo : lo + k] = logits(z).double().sigmoid_()
-            if antithetic:
-                x.mul_(0.5)  # exact: the unit is (a(z) + a(-z)) / 2
+            _fill_units(x, proposal, logits, gen, chunk, antithetic)
             s = x.sum()
             stats = torch.stack([s, (x * x).sum(), (x - s / x.numel()).pow(2).sum()]).tolist()
             partials.append(BatchPartial(b, x.numel(), size, *stats))
