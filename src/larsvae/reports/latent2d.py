@@ -296,6 +296,94 @@ def _paper_key(label: str) -> str | None:
 # the report
 
 
+def _checked_options(
+    models: Mapping[str, PathLike],
+    z_files: Mapping[str, PathLike] | None,
+    grid: int,
+    extent: float,
+    scatter_points: int,
+) -> dict[str, PathLike]:
+    """Refuse options the report cannot use; the z files as a dict."""
+    if not models:
+        raise UserError("latent2d: no models given")
+    z_files = dict(z_files or {})
+    unknown = sorted(set(z_files) - set(models))
+    if unknown:
+        raise UserError(f"latent2d: z files for unknown model labels {unknown}")
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
+        raise UserError(f"latent2d: grid must be an integer >= 2, got {grid!r}")
+    if not (isinstance(extent, (int, float)) and math.isfinite(extent) and extent > 0):
+        raise UserError(f"latent2d: extent must be a positive number, got {extent!r}")
+    if (
+        isinstance(scatter_points, bool)
+        or not isinstance(scatter_points, int)
+        or scatter_points < 1
+    ):
+        raise UserError(f"latent2d: scatter_points must be >= 1, got {scatter_points!r}")
+    return z_files
+
+
+def _model_row(
+    label: str,
+    model: Any,
+    ckpt: dict,
+    path: PathLike,
+    z_file: PathLike | None,
+    data: dict,
+    g: Grid,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """One model's row of ``latent2d.json`` (KL(q || p) with Z by quadrature and, given its
+    ``z_file``, by Monte Carlo) and its panels q, pi, a, p on the grid."""
+    mean, std = encode(model, data["train"], seed)
+    q_mass = aggregate_posterior_mass(mean, std, g)
+    prior = model.top_prior
+    pp = prior_panels(prior, g)
+    lars = is_lars(ckpt["meta"])
+    running = (
+        float(prior.log_z) if lars and bool(prior.log_z_initialised) else None
+    )  # Algorithm 1's <Z> stored in the checkpoint
+    log_z_quad = pp["log_z_quad"] if lars else None
+    log_p = prior_log_prob(prior, g, log_z_quad)
+    row: dict[str, Any] = {
+        "checkpoint": str(path),
+        "prior": ckpt["meta"].get("prior"),
+        "mode": ckpt["meta"].get("mode", "standard"),
+        "truncation": getattr(prior, "truncation", None) if lars else None,
+        "acceptance_hidden": ckpt["meta"]["model_config"].get("acceptance_hidden")
+        if lars
+        else None,
+        "step": int(ckpt["step"]),
+        "q_grid_mass": float(q_mass.sum()),
+        "pi_grid_mass": pp["pi_mass"],
+        "p_grid_mass": float(torch.exp(torch.logsumexp(log_p.reshape(-1), 0)) * g.cell_area),
+        "kl_quad_z": kl_on_grid(q_mass, log_p, g.cell_area),
+        "entropy_q": entropy_on_grid(q_mass, g.cell_area),
+        "q_mean": mean.mean(0).tolist(),
+        # exact moments of the mixture: E[z^2] = mean_n (mu_n^2 + sigma_n^2)
+        "q_std": (((mean**2 + std**2).mean(0) - mean.mean(0) ** 2).sqrt()).tolist(),
+        # posteriors much narrower than a cell (h) would make the entropy term coarse
+        "posterior_std_median": float(std.median()),
+        "z_quad": math.exp(log_z_quad) if lars else None,
+        "z_running": math.exp(running) if running is not None else None,
+        "z_mc": None,
+        "z_mc_stderr": None,
+        "kl_mc_z": None,
+        "paper_kl": PAPER_KL.get(_paper_key(label) or "", None),
+    }
+    if z_file is not None:
+        est = read_z(z_file, path)
+        row.update(z_mc=float(est.mean), z_mc_stderr=float(est.stderr))
+        row["kl_mc_z"] = kl_on_grid(q_mass, prior_log_prob(prior, g, est.log_mean), g.cell_area)
+    panel = {
+        "q": q_mass / g.cell_area,
+        "pi": pp["log_pi"].exp(),
+        "a": pp["a"],
+        "p": log_p.exp(),
+    }
+    return row, panel
+
+
 def latent2d_report(
     models: Mapping[str, PathLike],
     dataset_file: PathLike,
@@ -321,22 +409,7 @@ def latent2d_report(
     "quick") is named in the table's header. Deterministic given ``seed``.
     Returns the numbers of ``latent2d.json``.
     """
-    if not models:
-        raise UserError("latent2d: no models given")
-    z_files = dict(z_files or {})
-    unknown = sorted(set(z_files) - set(models))
-    if unknown:
-        raise UserError(f"latent2d: z files for unknown model labels {unknown}")
-    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
-        raise UserError(f"latent2d: grid must be an integer >= 2, got {grid!r}")
-    if not (isinstance(extent, (int, float)) and math.isfinite(extent) and extent > 0):
-        raise UserError(f"latent2d: extent must be a positive number, got {extent!r}")
-    if (
-        isinstance(scatter_points, bool)
-        or not isinstance(scatter_points, int)
-        or scatter_points < 1
-    ):
-        raise UserError(f"latent2d: scatter_points must be >= 1, got {scatter_points!r}")
+    z_files = _checked_options(models, z_files, grid, extent, scatter_points)
     g = Grid(grid, float(extent))
     dataset_sha = file_sha256(dataset_file)
     loaded = {label: _load_2d_model(label, p, dataset_sha) for label, p in models.items()}
@@ -352,53 +425,10 @@ def latent2d_report(
     panels: dict[str, dict[str, torch.Tensor]] = {}
     scatter: dict[str, np.ndarray] = {}
     for label, (model, ckpt) in loaded.items():
-        mean, std = encode(model, data["train"], seed)
-        q_mass = aggregate_posterior_mass(mean, std, g)
-        prior = model.top_prior
-        pp = prior_panels(prior, g)
-        lars = is_lars(ckpt["meta"])
-        running = (
-            float(prior.log_z) if lars and bool(prior.log_z_initialised) else None
-        )  # Algorithm 1's <Z> stored in the checkpoint
-        log_z_quad = pp["log_z_quad"] if lars else None
-        log_p = prior_log_prob(prior, g, log_z_quad)
-        row: dict[str, Any] = {
-            "checkpoint": str(models[label]),
-            "prior": ckpt["meta"].get("prior"),
-            "mode": ckpt["meta"].get("mode", "standard"),
-            "truncation": getattr(prior, "truncation", None) if lars else None,
-            "acceptance_hidden": ckpt["meta"]["model_config"].get("acceptance_hidden")
-            if lars
-            else None,
-            "step": int(ckpt["step"]),
-            "q_grid_mass": float(q_mass.sum()),
-            "pi_grid_mass": pp["pi_mass"],
-            "p_grid_mass": float(torch.exp(torch.logsumexp(log_p.reshape(-1), 0)) * g.cell_area),
-            "kl_quad_z": kl_on_grid(q_mass, log_p, g.cell_area),
-            "entropy_q": entropy_on_grid(q_mass, g.cell_area),
-            "q_mean": mean.mean(0).tolist(),
-            # exact moments of the mixture: E[z^2] = mean_n (mu_n^2 + sigma_n^2)
-            "q_std": (((mean**2 + std**2).mean(0) - mean.mean(0) ** 2).sqrt()).tolist(),
-            # posteriors much narrower than a cell (h) would make the entropy term coarse
-            "posterior_std_median": float(std.median()),
-            "z_quad": math.exp(log_z_quad) if lars else None,
-            "z_running": math.exp(running) if running is not None else None,
-            "z_mc": None,
-            "z_mc_stderr": None,
-            "kl_mc_z": None,
-            "paper_kl": PAPER_KL.get(_paper_key(label) or "", None),
-        }
-        if label in z_files:
-            est = read_z(z_files[label], models[label])
-            row.update(z_mc=float(est.mean), z_mc_stderr=float(est.stderr))
-            row["kl_mc_z"] = kl_on_grid(q_mass, prior_log_prob(prior, g, est.log_mean), g.cell_area)
-        rows[label] = row
-        panels[label] = {
-            "q": q_mass / g.cell_area,
-            "pi": pp["log_pi"].exp(),
-            "a": pp["a"],
-            "p": log_p.exp(),
-        }
+        z_file = z_files.get(label)
+        rows[label], panels[label] = _model_row(
+            label, model, ckpt, models[label], z_file, data, g, seed
+        )
         test_mean, _ = encode(model, data["test"][subset], seed)
         scatter[label] = test_mean.numpy()
 
@@ -512,8 +542,21 @@ def render_table(result: Mapping[str, Any]) -> str:
             f"| {_fmt(r['z_running'], '.5f')} | {r['pi_grid_mass']:.6f} | {r['entropy_q']:.3f} "
             f"| {r['q_std'][0]:.3f}, {r['q_std'][1]:.3f} |"
         )
-    c = result["comparison"]
-    lines += ["", "## Comparison with the paper", ""]
+    lines += _comparison_lines(result["comparison"], rows)
+    lines += [
+        "",
+        "Figures: `fig_latent2d_densities.png` (D.10-D.13: q, pi, a, p per model), "
+        "`fig_latent2d_aggregate.png` (D.14: aggregate posteriors on one colour scale), "
+        f"`fig_latent2d_scatter.png` (encoded means of {result['scatter_points']:,} test "
+        "images, by digit class).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _comparison_lines(c: Mapping[str, Any], rows: Mapping[str, Any]) -> list[str]:
+    """The table's last part: do our KLs order the models as the paper's do?"""
+    lines = ["", "## Comparison with the paper", ""]
     if not c["total"]:
         lines.append(
             "No two models carry the paper's labels (" + ", ".join(PAPER_KL) + "); nothing to rank."
@@ -534,15 +577,7 @@ def render_table(result: Mapping[str, Any]) -> str:
             'The post-hoc orderings encode the paper\'s "post-hoc slightly better than joint"; '
             "the paper gives no number for it.",
         ]
-    lines += [
-        "",
-        "Figures: `fig_latent2d_densities.png` (D.10-D.13: q, pi, a, p per model), "
-        "`fig_latent2d_aggregate.png` (D.14: aggregate posteriors on one colour scale), "
-        f"`fig_latent2d_scatter.png` (encoded means of {result['scatter_points']:,} test "
-        "images, by digit class).",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
 
 
 # ---------------------------------------------------------------------------------------
