@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -320,6 +321,134 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def _check_options(
+    out_table: Path,
+    out_figure: Path,
+    steps: int,
+    seed: int,
+    z_samples: int,
+    test_samples: int,
+    batch_size: int,
+    train_z_samples: int,
+    lr: float,
+) -> None:
+    """Refuse what :func:`mog_experiment` cannot use, before any training."""
+    if out_table.suffix.lower() != ".md":
+        raise UserError(f"{out_table}: the table is written as Markdown; name it *.md")
+    if out_figure.suffix.lower() != ".png":
+        raise UserError(f"{out_figure}: the figure is written as PNG; name it *.png")
+    _check_int("steps", steps, 1)
+    _check_int("seed", seed, 0)
+    _check_int("z_samples", z_samples, 2)
+    _check_int("test_samples", test_samples, 2)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("train_z_samples", train_z_samples, 1)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= 1:
+        raise ConfigError(f"lr: expected a number in (0, 1], got {lr!r}")
+
+
+@dataclass(frozen=True)
+class _Quadrature:
+    """The midpoint grid the KLs and masses are integrated on, with log q and the tail
+    region (beyond 3 std outside the ring) on it."""
+
+    points: Tensor  # (G * G, 2)
+    h: float
+    log_q: Tensor  # (G * G,)
+    tail: Tensor  # (G * G,) bool
+
+    @staticmethod
+    def of(mixture: Any) -> _Quadrature:
+        grid, h = midpoint_grid(_QUAD_HALF_WIDTH, _QUAD_N)
+        log_q = mixture.log_prob(grid)
+        radii = grid.norm(dim=-1)
+        return _Quadrature(grid, h, log_q, radii > mixture.radius + 3 * mixture.std)
+
+    def summary(self, log_p_grid: Tensor) -> tuple[float, float, float]:
+        """(KL(q || p) by quadrature, the grid's mass of p, p's mass in the tail)."""
+        h = self.h
+        p = log_p_grid.exp()
+        return (
+            kl_quadrature(self.log_q, log_p_grid, h),
+            float(p.sum()) * h * h,
+            float(p[self.tail].sum()) * h * h,
+        )
+
+
+def _proposal_result(mixture: Any, test_x: Tensor, quad: _Quadrature) -> _Result:
+    """The proposal alone, N(0, I), measured like the fitted models."""
+    gauss = StandardNormal(2)
+    kq, mass, tail = quad.summary(_log_density(gauss, quad.points))
+    gauss_density = lambda z: _log_density(gauss, z).exp()  # noqa: E731
+    return _Result(
+        None,
+        kl_of_prior(gauss, mixture.log_prob, test_x),
+        kq,
+        mass,
+        tail,
+        _valley_ratio(gauss_density, mixture),
+    )
+
+
+def _fit_model(
+    i: int,
+    spec: Any,
+    mixture: Any,
+    test_x: Tensor,
+    quad: _Quadrature,
+    plot_pts: Tensor,
+    *,
+    seed: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    train_z_samples: int,
+    z_samples: int,
+    progress: bool,
+) -> _Result:
+    """Model ``i`` of :data:`MODELS` fitted to the mixture, with its KLs, Z and panels."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, i, _INIT))
+        prior = build_prior(spec.prior, 2, spec.config(train_z_samples))
+    try:
+        hist = fit_density(
+            prior,
+            mixture.sample,
+            steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=derive_seed(seed, i, _FIT),
+            progress=progress,
+            z_samples=z_samples,
+            z_batch=min(z_samples + z_samples % 2, 1 << 16),
+        )
+    except FloatingPointError as e:
+        raise TrainingDiverged(f"mog: fitting {spec.label} failed: {e}") from e
+    z = z_se = None
+    if isinstance(prior, ResampledPrior):
+        z, z_se = math.exp(hist.final_log_z), hist.final_z_stderr
+    kl = kl_of_prior(prior, mixture.log_prob, test_x, z_se or 0.0)
+    log_p_grid = _log_density(prior, quad.points)
+    kq, mass, tail = quad.summary(log_p_grid)
+    if not all(math.isfinite(v) for v in (kl.kl, kl.se, kq, mass)):
+        raise TrainingDiverged(
+            f"mog: fitting {spec.label} failed: non-finite KL(q || p) = {kl.kl} "
+            f"(quadrature {kq}), int p = {mass}; lower lr or raise steps"
+        )
+    density = lambda zz, p=prior: _log_density(p, zz).exp()  # noqa: E731
+    res = _Result(spec, kl, kq, mass, tail, _valley_ratio(density, mixture), z, z_se)
+    if isinstance(prior, ResampledPrior):
+        res.kl_proposal = quad.summary(_proposal_log_density(prior, quad.points))[0]
+    res.panels = _panels(prior, plot_pts)
+    if progress:
+        print(
+            f"mog: {spec.key}: KL {kl.kl:.4f} +- {kl.se:.4f} (quad {kq:.4f})"
+            + (f", Z {z:.4f} +- {z_se:.1e}" if z is not None else ""),
+            flush=True,
+        )
+    return res
+
+
 def mog_experiment(
     out_table: Path,
     out_figure: Path,
@@ -355,93 +484,35 @@ def mog_experiment(
     :class:`~larsvae.utils.TrainingDiverged` naming the model if a fit fails.
     """
     out_table, out_figure = Path(out_table), Path(out_figure)
-    if out_table.suffix.lower() != ".md":
-        raise UserError(f"{out_table}: the table is written as Markdown; name it *.md")
-    if out_figure.suffix.lower() != ".png":
-        raise UserError(f"{out_figure}: the figure is written as PNG; name it *.png")
-    _check_int("steps", steps, 1)
-    _check_int("seed", seed, 0)
-    _check_int("z_samples", z_samples, 2)
-    _check_int("test_samples", test_samples, 2)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("train_z_samples", train_z_samples, 1)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= 1:
-        raise ConfigError(f"lr: expected a number in (0, 1], got {lr!r}")
+    _check_options(
+        out_table, out_figure, steps, seed, z_samples, test_samples, batch_size, train_z_samples, lr
+    )
 
     mixture = paper_mixture()
     test_x = mixture.sample(test_samples, torch.Generator().manual_seed(derive_seed(seed, _TEST)))
-    grid, h = midpoint_grid(_QUAD_HALF_WIDTH, _QUAD_N)
-    log_q_grid = mixture.log_prob(grid)
-    radii = grid.norm(dim=-1)
-    tail_region = radii > mixture.radius + 3 * mixture.std
+    quad = _Quadrature.of(mixture)
     extent = mixture.radius + 5 * mixture.std
     plot_pts, _ = midpoint_grid(extent, _PLOT_N)
 
-    def grid_summary(log_p_grid: Tensor) -> tuple[float, float, float]:
-        p = log_p_grid.exp()
-        return (
-            kl_quadrature(log_q_grid, log_p_grid, h),
-            float(p.sum()) * h * h,
-            float(p[tail_region].sum()) * h * h,
-        )
-
-    # The proposal alone: N(0, I)
-    gauss = StandardNormal(2)
-    kq, mass, tail = grid_summary(_log_density(gauss, grid))
-    gauss_density = lambda z: _log_density(gauss, z).exp()  # noqa: E731
-    results: dict[str, _Result] = {
-        "gaussian": _Result(
-            None,
-            kl_of_prior(gauss, mixture.log_prob, test_x),
-            kq,
-            mass,
-            tail,
-            _valley_ratio(gauss_density, mixture),
-        )
-    }
+    results: dict[str, _Result] = {"gaussian": _proposal_result(mixture, test_x, quad)}
     for i, spec in enumerate(MODELS):
         if progress:
             print(f"mog: fitting {spec.label} ({i + 1}/{len(MODELS)})", flush=True)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(seed, i, _INIT))
-            prior = build_prior(spec.prior, 2, spec.config(train_z_samples))
-        try:
-            hist = fit_density(
-                prior,
-                mixture.sample,
-                steps,
-                batch_size=batch_size,
-                lr=lr,
-                seed=derive_seed(seed, i, _FIT),
-                progress=progress,
-                z_samples=z_samples,
-                z_batch=min(z_samples + z_samples % 2, 1 << 16),
-            )
-        except FloatingPointError as e:
-            raise TrainingDiverged(f"mog: fitting {spec.label} failed: {e}") from e
-        z = z_se = None
-        if isinstance(prior, ResampledPrior):
-            z, z_se = math.exp(hist.final_log_z), hist.final_z_stderr
-        kl = kl_of_prior(prior, mixture.log_prob, test_x, z_se or 0.0)
-        log_p_grid = _log_density(prior, grid)
-        kq, mass, tail = grid_summary(log_p_grid)
-        if not all(math.isfinite(v) for v in (kl.kl, kl.se, kq, mass)):
-            raise TrainingDiverged(
-                f"mog: fitting {spec.label} failed: non-finite KL(q || p) = {kl.kl} "
-                f"(quadrature {kq}), int p = {mass}; lower lr or raise steps"
-            )
-        density = lambda zz, p=prior: _log_density(p, zz).exp()  # noqa: E731
-        res = _Result(spec, kl, kq, mass, tail, _valley_ratio(density, mixture), z, z_se)
-        if isinstance(prior, ResampledPrior):
-            res.kl_proposal = grid_summary(_proposal_log_density(prior, grid))[0]
-        res.panels = _panels(prior, plot_pts)
-        results[spec.key] = res
-        if progress:
-            print(
-                f"mog: {spec.key}: KL {kl.kl:.4f} +- {kl.se:.4f} (quad {kq:.4f})"
-                + (f", Z {z:.4f} +- {z_se:.1e}" if z is not None else ""),
-                flush=True,
-            )
+        results[spec.key] = _fit_model(
+            i,
+            spec,
+            mixture,
+            test_x,
+            quad,
+            plot_pts,
+            seed=seed,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            train_z_samples=train_z_samples,
+            z_samples=z_samples,
+            progress=progress,
+        )
 
     budget = {
         "steps": steps,
@@ -452,7 +523,7 @@ def mog_experiment(
         "lr": lr,
         "train_z_samples": train_z_samples,
     }
-    q_tail = float(log_q_grid.exp()[tail_region].sum()) * h * h
+    q_tail = float(quad.log_q.exp()[quad.tail].sum()) * quad.h * quad.h
     atomic_write_text(out_table, _table(mixture, results, budget, q_tail))
     _plot(out_figure, mixture, results, plot_pts, extent, budget)
     return {key: _summary(r) for key, r in results.items()}
