@@ -121,6 +121,17 @@ class AcceptanceMLP(nn.Module):
         return mlp_forward(self.net, z).squeeze(-1)  # the CPU-fast tanh of objectives
 
 
+def _check_hyperparameters(truncation: int | None, eps: float, num_z_samples: int) -> None:
+    if truncation is not None and (
+        isinstance(truncation, bool) or not isinstance(truncation, int) or truncation < 1
+    ):
+        raise ValueError(f"truncation: expected an integer >= 1 or None, got {truncation!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0.0 < float(eps) <= 1.0):
+        raise ValueError(f"eps: expected a number in (0, 1], got {eps!r}")
+    if isinstance(num_z_samples, bool) or not isinstance(num_z_samples, int) or num_z_samples < 1:
+        raise ValueError(f"num_z_samples: expected an integer >= 1, got {num_z_samples!r}")
+
+
 class ResampledPrior(Prior):
     """LARS prior: proposal pi(z) resampled by a learned acceptance a(z) (Section 3).
 
@@ -145,22 +156,7 @@ class ResampledPrior(Prior):
         eps: float = 0.1,
         num_z_samples: int = 1024,
     ):
-        if truncation is not None and (
-            isinstance(truncation, bool) or not isinstance(truncation, int) or truncation < 1
-        ):
-            raise ValueError(f"truncation: expected an integer >= 1 or None, got {truncation!r}")
-        if (
-            isinstance(eps, bool)
-            or not isinstance(eps, (int, float))
-            or not (0.0 < float(eps) <= 1.0)
-        ):
-            raise ValueError(f"eps: expected a number in (0, 1], got {eps!r}")
-        if (
-            isinstance(num_z_samples, bool)
-            or not isinstance(num_z_samples, int)
-            or num_z_samples < 1
-        ):
-            raise ValueError(f"num_z_samples: expected an integer >= 1, got {num_z_samples!r}")
+        _check_hyperparameters(truncation, eps, num_z_samples)
         super().__init__(proposal.dim)
         self.proposal = proposal
         self.acceptance = acceptance
@@ -295,34 +291,7 @@ class ResampledPrior(Prior):
             log_w = log_pi.detach().double() - log_q.detach().double()
             log_z_curr = torch.logaddexp(math.log(S) + log_z_s, log_w + log_a_r) - math.log(S + 1)
 
-        with torch.no_grad():
-            # <Z> starts at Z_S; a select, not a branch, so no host sync (and CUDA graphs)
-            log_running = torch.where(self.log_z_initialised, self.log_z, log_z_s)
-            log_keep = math.log1p(-self.eps) if self.eps < 1.0 else -math.inf
-            log_z_smooth = torch.logaddexp(
-                log_keep + log_running, math.log(self.eps) + log_z_curr.detach()
-            )
-        # Straight-through in Z space: value Z_smooth, d(log Z_r) = dZ_curr / Z_smooth.
-        ratio = torch.exp(log_z_curr - log_z_smooth)
-        log_z_r = log_z_smooth + (ratio - ratio.detach())
-
-        if (
-            self.truncation is not None
-            and not _capturing(log_z_smooth)
-            and bool((log_z_smooth > 0).any())
-        ):
-            warnings.warn(
-                # A constant message, so the default filter reports it once, not every step;
-                # the values are in ``last_log_z_smooth``.
-                "LARS Algorithm 1: some per-example Z estimates exceed 1 (large importance "
-                "weights pi/q); Eq. A.14 is evaluated at Z = 1 for those examples",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        with torch.no_grad():
-            n = log_z_smooth.numel()
-            self.log_z.copy_(torch.logsumexp(log_z_smooth.reshape(-1), 0) - math.log(n))
-            self.log_z_initialised.fill_(True)
+        log_z_smooth, log_z_r = _smoothed_log_z(self, log_z_s, log_z_curr)
         self.last_log_z_s = log_z_s.detach()
         self.last_log_z_smooth = log_z_smooth
         return lars_log_density(log_pi, log_a, log_z_r, self.truncation)
@@ -373,34 +342,11 @@ class ResampledPrior(Prior):
         if max_block is None:
             max_block = default_max_block(module_device(self.proposal))
         logits = _acceptance_logits(self.acceptance)
-        out: Tensor | None = None
-        counts: Tensor | None = None
-        filled = 0
-        carry = 0  # rejected proposals of the row in progress, drawn in earlier blocks
-        drawn = rows_drawn = 0
         # E[proposals per row] (Eq. A.3), then the rate seen in this call's own stream
         per_row = self.expected_num_proposals() if bool(self.log_z_initialised) else 2.0
         if not math.isfinite(per_row):  # T = inf with an underflowing Z: 1/Z overflows
             per_row = float(max_block)
-        while filled < n:
-            if rows_drawn:
-                per_row = drawn / rows_drawn
-            elif drawn:  # not one row finished yet: look further ahead
-                per_row = max(4.0 * per_row, 2.0 * drawn)
-            m = min(max_block, math.ceil((n - filled) * per_row * 1.02) + 16)
-            cand = self.proposal.sample(m, generator=generator)  # (m, D)
-            if out is None:
-                out = cand.new_empty(n, cand.shape[1])
-                counts = torch.empty(n, dtype=torch.long, device=cand.device)
-            u = torch.rand(m, dtype=torch.float64, device=cand.device, generator=generator)
-            acc = u < torch.sigmoid(logits.chunked(cand).double())  # (m,)
-            ends, num, carry = _cut_rows(acc, carry, T)
-            take = min(ends.numel(), n - filled)
-            out[filled : filled + take] = cand[ends[:take]]
-            counts[filled : filled + take] = num[:take]
-            filled += take
-            drawn += m
-            rows_drawn += ends.numel()
+        out, counts = _sample_blocks(self.proposal, logits, n, T, per_row, max_block, generator)
         return (out, counts) if return_num_proposals else out
 
     def extra_repr(self) -> str:
@@ -408,6 +354,82 @@ class ResampledPrior(Prior):
 
 
 # -- the sampler's helpers (also used by larsvae.zestimate) ----------------------------------
+
+
+def _smoothed_log_z(
+    prior: ResampledPrior, log_z_s: Tensor, log_z_curr: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Algorithm 1's smoothing: (log Z_r,smooth, log Z_r) from log Z_S and log Z_r,curr (B,);
+    the running <Z> <- mean_r Z_r,smooth is stored in ``prior.log_z``."""
+    with torch.no_grad():
+        # <Z> starts at Z_S; a select, not a branch, so no host sync (and CUDA graphs)
+        log_running = torch.where(prior.log_z_initialised, prior.log_z, log_z_s)
+        log_keep = math.log1p(-prior.eps) if prior.eps < 1.0 else -math.inf
+        log_z_smooth = torch.logaddexp(
+            log_keep + log_running, math.log(prior.eps) + log_z_curr.detach()
+        )
+    # Straight-through in Z space: value Z_smooth, d(log Z_r) = dZ_curr / Z_smooth.
+    ratio = torch.exp(log_z_curr - log_z_smooth)
+    log_z_r = log_z_smooth + (ratio - ratio.detach())
+
+    if (
+        prior.truncation is not None
+        and not _capturing(log_z_smooth)
+        and bool((log_z_smooth > 0).any())
+    ):
+        warnings.warn(
+            # A constant message, so the default filter reports it once, not every step;
+            # the values are in ``last_log_z_smooth``.
+            "LARS Algorithm 1: some per-example Z estimates exceed 1 (large importance "
+            "weights pi/q); Eq. A.14 is evaluated at Z = 1 for those examples",
+            RuntimeWarning,
+            stacklevel=3,  # the caller of train_log_prob
+        )
+    with torch.no_grad():
+        n = log_z_smooth.numel()
+        prior.log_z.copy_(torch.logsumexp(log_z_smooth.reshape(-1), 0) - math.log(n))
+        prior.log_z_initialised.fill_(True)
+    return log_z_smooth, log_z_r
+
+
+def _sample_blocks(
+    proposal: nn.Module,
+    logits: _AcceptanceLogits,
+    n: int,
+    truncation: int | None,
+    per_row: float,
+    max_block: int,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """The block loop of :meth:`ResampledPrior.sample`: (n, D) samples and their numbers of
+    proposals (n,), from one stream of proposals cut into rows at the stopping times, about
+    (rows missing) x ``per_row`` proposals per block, at most ``max_block``."""
+    T = truncation
+    out: Tensor | None = None
+    counts: Tensor | None = None
+    filled = 0
+    carry = 0  # rejected proposals of the row in progress, drawn in earlier blocks
+    drawn = rows_drawn = 0
+    while filled < n:
+        if rows_drawn:
+            per_row = drawn / rows_drawn
+        elif drawn:  # not one row finished yet: look further ahead
+            per_row = max(4.0 * per_row, 2.0 * drawn)
+        m = min(max_block, math.ceil((n - filled) * per_row * 1.02) + 16)
+        cand = proposal.sample(m, generator=generator)  # (m, D)
+        if out is None:
+            out = cand.new_empty(n, cand.shape[1])
+            counts = torch.empty(n, dtype=torch.long, device=cand.device)
+        u = torch.rand(m, dtype=torch.float64, device=cand.device, generator=generator)
+        acc = u < torch.sigmoid(logits.chunked(cand).double())  # (m,)
+        ends, num, carry = _cut_rows(acc, carry, T)
+        take = min(ends.numel(), n - filled)
+        out[filled : filled + take] = cand[ends[:take]]
+        counts[filled : filled + take] = num[:take]
+        filled += take
+        drawn += m
+        rows_drawn += ends.numel()
+    return out, counts
 
 
 def _cut_rows(acc: Tensor, carry: int, truncation: int | None) -> tuple[Tensor, Tensor, int]:
