@@ -58,6 +58,7 @@ from .reports import figures, table1
 from .reports.acceptance import rank_checkpoint, write_output_ranking
 from .reports.appendix import write_appendix
 from .reports.latent2d import latent2d_report
+from .reports.priors import write_report
 from .reports.zconvergence import plot_z_convergence
 from .toy2d import make_figure, mog_experiment
 from .train import fit, resume_path_for
@@ -783,8 +784,6 @@ def priors_report(
 ) -> None:
     """The prior comparison (priors.md) and its figure from the cells of ``spec`` (the Table
     1 spec, each cell with its checkpoint, train log and iterations)."""
-    from .reports.priors import write_report
-
     root = Path(root)
     _check_results(spec, root)
     write_report(spec, table, figure, root)

@@ -98,7 +98,7 @@ def prior_parameters(arch: str, prior: str, mode: str, model_params: dict[str, A
     """Trainable numbers of the prior module itself, counted on a model built as training
     builds it. The VampPrior's are its pseudo-inputs: it shares the encoder's weights, which
     are not counted (the model has them whatever the prior)."""
-    from ..checkpoint import build_from_meta
+    from ..checkpoint import build_from_meta  # loads torch: the workflow imports this module
 
     meta = {"arch": arch, "prior": prior, "mode": mode, "model_config": model_params}
     model = build_from_meta(meta)
@@ -108,7 +108,7 @@ def prior_parameters(arch: str, prior: str, mode: str, model_params: dict[str, A
 def time_prior(prior: torch.nn.Module, n: int = SAMPLES, seed: int = 0) -> tuple[float, float]:
     """(seconds to draw n exact samples, seconds to evaluate log_prob at them): thread CPU
     time on one torch thread, after a small warm-up draw."""
-    import torch
+    import torch  # imported here: the workflow imports this module
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -167,15 +167,18 @@ def _mean_sd(row: Row, key: str) -> str:
 
 def _checkpoint_prior(spec_cell: dict[str, Any], run: dict[str, Any], root: Path):
     """The trained prior of a cell if its checkpoint is there and is the one evaluated."""
-    from ..checkpoint import load_model
+    # imported here: they load torch, and the workflow imports this module
+    from .. import memory
+    from ..checkpoint import load_checkpoint, model_from_checkpoint
 
     path = spec_cell.get("checkpoint")
     if not path or not (root / path).is_file():
         return None
     if file_sha256(root / path) != run.get("checkpoint_sha256"):
         return None
-    model, _ = load_model(root / path, "cpu")
-    return model.top_prior
+    ckpt = load_checkpoint(root / path)
+    memory.check_load(ckpt, root / path, "cpu")
+    return model_from_checkpoint(ckpt, root / path, "cpu").top_prior
 
 
 def _cost(row: Row, root: Path, timing: bool) -> None:
@@ -213,6 +216,7 @@ def _cost(row: Row, root: Path, timing: bool) -> None:
 
 
 def _fresh_prior(f: dict[str, Any]) -> torch.nn.Module:
+    # imported here: they load torch, and the workflow imports this module
     import torch
 
     from ..checkpoint import build_from_meta
@@ -467,7 +471,7 @@ def render(spec: dict[str, Any], rows: dict[tuple[str, str], list[Row]], root: P
 def plot(rows: dict[tuple[str, str], list[Row]], out: Path | str) -> None:
     """NLL (mean ± sd over seeds) against the prior's parameter count and its sampling time,
     one row of two panels per (dataset, arch); N(0, I) as a dashed line."""
-    import matplotlib
+    import matplotlib  # loaded when a figure is drawn: the workflow imports this module
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
