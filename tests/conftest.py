@@ -305,10 +305,10 @@ NAN_AT_STEP = 8
 
 @contextlib.contextmanager
 def nan_loss_at_step(step: int = NAN_AT_STEP):
-    """Every model built meanwhile returns a NaN loss from its ``step``-th call on."""
-    import larsvae.models as models
+    """Every model a step builds meanwhile returns a NaN loss from its ``step``-th call on."""
+    import larsvae.steps as steps
 
-    build = models.build_model
+    build = steps.build_model
 
     def build_nan(*a, **k):
         m = build(*a, **k)
@@ -324,11 +324,11 @@ def nan_loss_at_step(step: int = NAN_AT_STEP):
         m.loss = nan_loss
         return m
 
-    models.build_model = build_nan
+    steps.build_model = build_nan
     try:
         yield
     finally:
-        models.build_model = build
+        steps.build_model = build
 
 
 def cli_in_process(args: list[str]) -> tuple[int, str]:

@@ -359,11 +359,11 @@ def test_posthoc_training_never_resumes_from_another_init(cells, tmp_path, monke
     other = tmp_path / "other" / "model.pt"
     steps.train(cells["data"], "vae", "gaussian", 2, mcfg, tcfg, other, progress=False)
     out = tmp_path / "posthoc" / "model.pt"
-    fit = larsvae.train.fit
-    monkeypatch.setattr(larsvae.train, "fit", functools.partial(fit, stop_after=3))
+    fit = steps.fit
+    monkeypatch.setattr(steps, "fit", functools.partial(fit, stop_after=3))
     steps.train(cells["data"], "vae", "lars", 1, mcfg, tcfg, out, init=other, progress=False)
     assert not out.exists() and larsvae.train.resume_path_for(out).exists()
-    monkeypatch.setattr(larsvae.train, "fit", fit)
+    monkeypatch.setattr(steps, "fit", fit)
     s = steps.train(
         cells["data"], "vae", "lars", 1, mcfg, tcfg, out, init=cells["gaussian"], progress=False
     )
