@@ -477,6 +477,22 @@ def _split_size(dataset_file: PathLike, split: str) -> int:
 # evaluate
 
 
+def _z_fields(model: torch.nn.Module, z_est: ZEstimate, meta: dict[str, Any]) -> dict[str, Any]:
+    """nll.json's fields of a LARS model: its Z and what it implies for sampling."""
+    prior = z_holder(model)
+    # proposals per accepted sample (1 - (1-Z)^T) / Z, and accepted / proposed
+    mean_prop = float(prior.expected_num_proposals())
+    return dict(
+        log_z=float(z_est.log_mean),
+        z=float(z_est.mean),
+        z_stderr=float(z_est.stderr),
+        z_samples=int(z_est.samples),
+        truncation=meta["model_config"].get("truncation"),
+        mean_proposals=mean_prop,
+        acceptance_rate=1.0 / mean_prop,
+    )
+
+
 def evaluate(
     checkpoint: PathLike,
     dataset_file: PathLike,
@@ -545,18 +561,7 @@ def evaluate(
         "log_px": [float(v) for v in summary.log_px.tolist()],
     }
     if lars:
-        prior = z_holder(model)
-        # proposals per accepted sample (1 - (1-Z)^T) / Z, and accepted / proposed
-        mean_prop = float(prior.expected_num_proposals())
-        result.update(
-            log_z=float(z_est.log_mean),
-            z=float(z_est.mean),
-            z_stderr=float(z_est.stderr),
-            z_samples=int(z_est.samples),
-            truncation=meta["model_config"].get("truncation"),
-            mean_proposals=mean_prop,
-            acceptance_rate=1.0 / mean_prop,
-        )
+        result.update(_z_fields(model, z_est, meta))
     write_json(out, result)
     return result
 
