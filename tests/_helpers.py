@@ -7,6 +7,10 @@ test files are not a package). Shared fixtures live in ``conftest.py``.
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import torch
 
@@ -66,3 +70,43 @@ def rank_one_acceptance(
         if not uniform_biases:
             first.bias.copy_(torch.randn(first.out_features, generator=g))
     return acc, v
+
+
+def grid_1d(lim: float = 12.0, h: float = 1e-3):
+    """Trapezoid nodes (N, 1) and weights (N,) on [-lim, lim] (float64)."""
+    x = torch.arange(-lim, lim + h / 2, h, dtype=torch.float64)
+    w = torch.full_like(x, h)
+    w[0] = w[-1] = h / 2  # trapezoid weights
+    return x[:, None], w
+
+
+def grid_2d(lim: float = 9.0, h: float = 0.025):
+    """Product trapezoid nodes (N, 2) and weights (N,) on [-lim, lim]^2 (float64)."""
+    x, w = grid_1d(lim, h)
+    xx, yy = torch.meshgrid(x[:, 0], x[:, 0], indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], 1), torch.outer(w, w).reshape(-1)
+
+
+def clone_working_tree(repo: Path, dst: Path) -> Path:
+    """``git clone`` of ``repo`` into ``dst`` plus its uncommitted changes (tracked-modified
+    and untracked, not ignored, files and symlinks; deleted files removed), so a test runs
+    what is on disk."""
+    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(repo), str(dst)], check=True)
+
+    def listed(*flags: str) -> list[str]:
+        out = subprocess.run(
+            ["git", "ls-files", "-z", *flags], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout
+        return [f for f in out.split("\0") if f]
+
+    for f in listed("--modified", "--others", "--exclude-standard"):
+        src, to = repo / f, dst / f
+        to.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            to.unlink(missing_ok=True)
+            to.symlink_to(os.readlink(src))
+        elif src.is_file():
+            shutil.copy2(src, to)
+    for f in listed("--deleted"):
+        (dst / f).unlink(missing_ok=True)
+    return dst

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _helpers import clone_working_tree
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -195,22 +195,7 @@ def test_recovery_after_kill_works_as_documented(tmp_path):
 @pytest.fixture(scope="module")
 def dvc_clone(tmp_path_factory):
     """A git clone of the working tree (with its uncommitted changes) after `dvc repro smoke`."""
-    dst = tmp_path_factory.mktemp("eco") / "repo"
-    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(REPO), str(dst)], check=True)
-    changed = subprocess.run(
-        ["git", "ls-files", "-z", "--modified", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for f in filter(None, changed):
-        (dst / f).parent.mkdir(parents=True, exist_ok=True)
-        if (REPO / f).is_symlink():
-            (dst / f).unlink(missing_ok=True)
-            (dst / f).symlink_to(os.readlink(REPO / f))
-        elif (REPO / f).is_file():
-            shutil.copy2(REPO / f, dst / f)
+    dst = clone_working_tree(REPO, tmp_path_factory.mktemp("eco") / "repo")
     r = _run([str(BIN / "dvc"), "repro", "smoke"], dst, timeout=3600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     return dst

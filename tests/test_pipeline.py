@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _helpers import clone_working_tree
 
 from larsvae import config as lconfig
 from larsvae import paths as lconfig_paths
@@ -403,26 +404,7 @@ def test_gpu_slot_missing_command_exits_127(tmp_path):
 def clone(tmp_path_factory):
     """git clone of the working tree plus its uncommitted (tracked-modified and untracked,
     not ignored) files, so the test sees what is on disk."""
-    dst = tmp_path_factory.mktemp("e2e") / "repo"
-    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(REPO), str(dst)], check=True)
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--modified", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for f in filter(None, files):
-        src = REPO / f
-        if src.is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / f)
-    for f in subprocess.run(
-        ["git", "ls-files", "-z", "--deleted"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split("\0"):
-        if f:
-            (dst / f).unlink(missing_ok=True)
-    return dst
+    return clone_working_tree(REPO, tmp_path_factory.mktemp("e2e") / "repo")
 
 
 def _rules_run(workdir: Path) -> set[str]:

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from _helpers import strong_acceptance
+from _helpers import grid_1d, grid_2d, strong_acceptance
 from scipy import stats
 
 import larsvae
@@ -27,19 +27,6 @@ from larsvae.distributions.energy import trs_expected_rejections, trs_log_bound
 from larsvae.models import build_model, top_posterior
 
 NEW_PRIORS = ("vamp", "mog", "trs", "snis", "lars_dim")
-
-
-def grid_1d(lim: float = 12.0, h: float = 1e-3):
-    x = torch.arange(-lim, lim + h / 2, h, dtype=torch.float64)
-    w = torch.full_like(x, h)
-    w[0] = w[-1] = h / 2  # trapezoid weights
-    return x[:, None], w
-
-
-def grid_2d(lim: float = 9.0, h: float = 0.025):
-    x, w = grid_1d(lim, h)
-    xx, yy = torch.meshgrid(x[:, 0], x[:, 0], indexing="ij")
-    return torch.stack([xx.reshape(-1), yy.reshape(-1)], 1), torch.outer(w, w).reshape(-1)
 
 
 def integral(prior, pts, w, **kw) -> float:

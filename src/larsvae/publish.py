@@ -27,24 +27,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .utils import UserError, atomic_write_text, file_sha256
+from .utils import UserError, atomic_write_text, file_sha256, read_json
 
 FORMAT_VERSION = 1
 #: the three files of a published cell
 NLL, CURVE, PROVENANCE = "nll.json", "curve.tsv", "provenance.json"
 _DONE = re.compile(r"done: (\{.*\})\s*$")
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{what} {path}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{what} {path}: not readable JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{what} {path}: expected a JSON object")
-    return obj
 
 
 def check_nll_record(nll: dict[str, Any], path: Path | str) -> None:
@@ -118,7 +106,7 @@ def publish_cell(
     """Copy a finished cell's nll.json and curve.tsv into ``out_dir`` with its
     provenance.json (see the module docstring); returns the provenance."""
     nll_path, out = Path(nll), Path(out_dir)
-    record = _read_json(nll_path, "--nll")
+    record = read_json(nll_path, "--nll")
     check_nll_record(record, nll_path)
     ckpt_sha = file_sha256(checkpoint)
     if record.get("checkpoint_sha256") != ckpt_sha:
@@ -129,10 +117,10 @@ def publish_cell(
         )
     z_record = None
     if z is not None:
-        z_record = _read_json(Path(z), "--z")
+        z_record = read_json(Path(z), "--z")
         if record.get("z_sha256") != file_sha256(z):
             raise UserError(f"--nll {nll_path}: evaluated with another Z than {z}")
-    z_seconds = [_read_json(Path(s), "--z-shard").get("wall_time_s") for s in z_shards]
+    z_seconds = [read_json(Path(s), "--z-shard").get("wall_time_s") for s in z_shards]
     evaluate_s = record.get("wall_time_s")
     provenance = {
         "format_version": FORMAT_VERSION,
@@ -185,7 +173,7 @@ def check_published(
     params (those of the steps that made it) and data, and its nll.json the one it
     published. Raises UserError with one line naming what differs."""
     d = Path(directory)
-    prov = _read_json(d / PROVENANCE, "published cell")
+    prov = read_json(d / PROVENANCE, "published cell")
     if prov.get("format_version") != FORMAT_VERSION:
         raise UserError(f"published cell {d}: provenance format {prov.get('format_version')!r}")
     want = {k: cell.get(k) for k in ("dataset", "arch", "prior", "mode", "seed")}

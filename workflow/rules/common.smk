@@ -233,8 +233,9 @@ def _result_inputs(cells):
     """The files a report reads, and for the cells of a publishing budget not yet published
     the publish stamp instead (the job that writes their files)."""
     files = [_cell_files(c) for c in cells]
-    todo = [c for c in cells if P.results and not is_published(c)]
-    done = [f for c, f in zip(cells, files) if not P.results or is_published(c)]
+    ready = [not P.results or is_published(c) for c in cells]  # one stat per cell
+    todo = [c for c, r in zip(cells, ready) if not r]
+    done = [f for f, r in zip(files, ready) if r]
     return {
         "nll": [f["nll"] for f in done],
         "z": [f["z"] for f in done if f["z"]],
