@@ -1,0 +1,184 @@
+"""The NLL summary and the IWAE tiling by hand: -mean and its standard error of a few
+per-image log p(x), the first-order error that Z's standard error adds (Sec. 5), the
+installed-Z check, the JSON views, the (point, sample) tiles on a CPU and an accelerator,
+and the refused arguments of the IWAE estimator."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from larsvae.config import ModelConfig
+from larsvae.distributions import AcceptanceMLP, ResampledPrior, StandardNormal
+from larsvae.evaluation import (
+    CPU_CALL_ROWS,
+    MIN_DEVICE_ROWS,
+    ELBOSummary,
+    iwae_log_likelihood,
+    iwae_tiles,
+    nll_z_error,
+    summarise_nll,
+)
+from larsvae.models import VAE
+
+LOG_PX = torch.tensor([-1.0, -2.0, -4.0], dtype=torch.float64)
+
+
+def holder(log_z: float) -> ResampledPrior:
+    prior = ResampledPrior(StandardNormal(2), AcceptanceMLP(2, hidden=(4,)))
+    prior.set_log_z(log_z)
+    return prior
+
+
+def test_nll_and_its_standard_error_by_hand():
+    """log p(x) = -1, -2, -4: NLL 7/3; deviations 4/3, 1/3, -5/3 give the unbiased variance
+    (16 + 1 + 25) / 9 / 2 = 7/3, so SE = sqrt(7/3) / sqrt(3) = sqrt(7) / 3."""
+    s = summarise_nll(LOG_PX, None, k=50)
+    assert s.nll == pytest.approx(7 / 3, rel=1e-15)
+    assert s.nll_stderr == pytest.approx(math.sqrt(7) / 3, rel=1e-14)
+    assert (s.n, s.k) == (3, 50)
+    assert s.dnll_dlogz == 0.0 and s.z_rel_stderr is None and s.nll_z_stderr == 0.0
+    assert torch.equal(s.log_px, LOG_PX)
+
+
+def test_one_image_has_no_standard_error():
+    s = summarise_nll(torch.tensor([-3.5], dtype=torch.float64), None, k=1)
+    assert s.nll == 3.5 and math.isnan(s.nll_stderr) and s.n == 1
+
+
+def test_z_error_is_carried_into_the_nll_to_first_order():
+    """d log p(x) / d log Z = 0.5, 1, 1.5 per image: d NLL / d log Z = -1; SE(Z) / Z = 0.04,
+    so the NLL error from Z is |-1| x 0.04."""
+    sens = torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64)
+    z = SimpleNamespace(mean=0.25, stderr=0.01, log_mean=math.log(0.25))
+    s = summarise_nll(LOG_PX, sens, k=50, z_estimate=z, holder=holder(math.log(0.25)))
+    assert s.dnll_dlogz == -1.0
+    assert s.z_rel_stderr == pytest.approx(0.04, rel=1e-15)
+    assert s.nll_z_stderr == pytest.approx(0.04, rel=1e-15)
+    assert s.nll == pytest.approx(7 / 3, rel=1e-15)
+    # without a log_mean, log(mean) is what the holder must hold
+    plain = SimpleNamespace(mean=0.25, stderr=0.01)
+    assert summarise_nll(LOG_PX, sens, 50, plain, holder(math.log(0.25))).nll_z_stderr == (
+        pytest.approx(0.04, rel=1e-15)
+    )
+
+
+def test_without_a_holder_or_an_estimate_z_adds_no_error():
+    sens = torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64)
+    z = SimpleNamespace(mean=0.25, stderr=0.01, log_mean=math.log(0.25))
+    for s in (summarise_nll(LOG_PX, sens, 50, z, None), summarise_nll(LOG_PX, sens, 50)):
+        assert s.dnll_dlogz == -1.0 and s.z_rel_stderr is None and s.nll_z_stderr == 0.0
+
+
+def test_the_installed_z_must_be_the_estimate_within_1e9_in_log():
+    z = SimpleNamespace(mean=0.25, stderr=0.01, log_mean=math.log(0.25))
+    summarise_nll(LOG_PX, LOG_PX, 5, z, holder(math.log(0.25) + 0.5e-9))
+    for off in (2e-9, -2e-9, 1e-3):
+        with pytest.raises(ValueError, match="is not the given estimate's"):
+            summarise_nll(LOG_PX, LOG_PX, 5, z, holder(math.log(0.25) + off))
+
+
+@pytest.mark.parametrize("mean", [0.0, -0.1, math.nan])
+def test_a_z_estimate_must_have_a_positive_mean(mean):
+    z = SimpleNamespace(mean=mean, stderr=0.01, log_mean=-1.0)
+    with pytest.raises(ValueError, match="expected a positive number"):
+        summarise_nll(LOG_PX, LOG_PX, 5, z, holder(-1.0))
+
+
+def test_nll_z_error_is_the_absolute_first_order_term():
+    assert nll_z_error(-2.0, 0.5, 0.01) == 0.04
+    assert nll_z_error(2.0, 0.5, 0.01) == 0.04
+    assert nll_z_error(0.0, 0.5, 0.01) == 0.0
+
+
+def test_json_views():
+    s = summarise_nll(LOG_PX, None, k=50)
+    assert s.to_dict() == {
+        "nll": s.nll,
+        "nll_stderr": s.nll_stderr,
+        "n": 3,
+        "k": 50,
+        "dnll_dlogz": 0.0,
+        "z_rel_stderr": None,
+        "nll_z_stderr": 0.0,
+    }
+    e = ELBOSummary(neg_elbo=95.0, kl=25.0, rec=70.0, neg_elbo_stderr=0.5, samples=10, n=4)
+    assert e.to_dict() == {
+        "neg_elbo": 95.0,
+        "kl": 25.0,
+        "rec": 70.0,
+        "neg_elbo_stderr": 0.5,
+        "elbo_samples": 10,
+    }
+
+
+# -- tiles -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "nb, k, batch_size, k_chunk, want",
+    [
+        (100, 1000, 100, 1000, (1, 1000)),  # one point's K = 1000 per call
+        (100, 10, 100, 1000, (100, 10)),  # 1024 // 10 = 102 points, but only 100
+        (500, 10, 500, 1000, (102, 10)),
+        (7, 5000, 100, 1000, (1, CPU_CALL_ROWS)),  # one point in pieces of 1024
+        (7, 1024, 100, 1000, (1, 1024)),
+        (7, 512, 100, 1000, (2, 512)),
+    ],
+)
+def test_cpu_tiles_hold_about_a_thousand_pairs(nb, k, batch_size, k_chunk, want):
+    assert iwae_tiles(nb, k, batch_size, k_chunk, torch.device("cpu")) == want
+
+
+@pytest.mark.parametrize(
+    "nb, k, batch_size, k_chunk, want",
+    [
+        (100, 1000, 100, 1000, (100, 1000)),  # batch_size * k_chunk = 1e5 pairs
+        (100, 1000, 100, 50, (5, 1000)),
+        (100, 1000, 2, 10, (4, 1000)),  # 20 pairs: at least MIN_DEVICE_ROWS = 4096
+        (100, 8192, 2, 10, (1, MIN_DEVICE_ROWS)),
+    ],
+)
+def test_accelerator_tiles_are_large(nb, k, batch_size, k_chunk, want):
+    assert iwae_tiles(nb, k, batch_size, k_chunk, torch.device("cuda")) == want
+
+
+# -- arguments of the IWAE estimator -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vae():
+    torch.manual_seed(0)
+    return VAE(StandardNormal(2), ModelConfig(latent_dim=2, hidden=8))
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"k": 0}, "k"),
+        ({"k": True}, "k"),
+        ({"k": 2.0}, "k"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": False}, "batch_size"),
+        ({"k_chunk": 0}, "k_chunk"),
+        ({"k_chunk": 1.5}, "k_chunk"),
+    ],
+)
+def test_iwae_refuses_sizes_that_are_not_positive_integers(vae, kwargs, name):
+    x = torch.zeros(2, 784)
+    with pytest.raises(ValueError, match=f"^{name}: expected a positive integer"):
+        iwae_log_likelihood(vae, x, **{"k": 2, **kwargs})
+
+
+def test_iwae_takes_a_seed_or_a_generator_not_both(vae):
+    x = torch.zeros(2, 784)
+    with pytest.raises(ValueError, match="either generator or seed"):
+        iwae_log_likelihood(vae, x, k=2, seed=0, generator=torch.Generator())
+    a = iwae_log_likelihood(vae, x, k=3, seed=4)
+    b = iwae_log_likelihood(vae, x, k=3, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
+    one = iwae_log_likelihood(vae, x, k=1, batch_size=1, k_chunk=1, seed=4)
+    assert one.shape == (2,) and torch.isfinite(one).all()

@@ -1,0 +1,211 @@
+"""LARS at its edges, exactly: the boundaries of the hyper-parameters, E[proposals per
+sample] when Z underflows, the proposal blocks the sampler draws (about rows missing x
+E[proposals per row], Section 3's efficiency claim), and the chunked / antithetic logits of
+the acceptance network against the module itself."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from larsvae.distributions import AcceptanceMLP, ResampledPrior, StandardNormal
+from larsvae.distributions.lars import (
+    _acceptance_logits,
+    _AcceptanceLogits,
+    _FusedMLPLogits,
+    chunk_rows,
+    default_max_block,
+)
+
+
+class ConstantAcceptance(nn.Module):
+    """a(z) = sigmoid(logit) for every z: Z = a exactly."""
+
+    def __init__(self, logit: float):
+        super().__init__()
+        self.logit = logit
+
+    def forward(self, z):
+        return torch.full(z.shape[:1], self.logit, dtype=z.dtype)
+
+
+class CountingNormal(StandardNormal):
+    """N(0, I) that records how many proposals each call draws."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        self.sizes: list[int] = []
+
+    def sample(self, n, generator=None):
+        self.sizes.append(n)
+        return super().sample(n, generator=generator)
+
+
+def prior_with(logit: float, truncation, log_z: float | None) -> ResampledPrior:
+    prior = ResampledPrior(CountingNormal(1), ConstantAcceptance(logit), truncation)
+    if log_z is not None:
+        prior.set_log_z(log_z)
+    return prior
+
+
+# -- hyper-parameters ----------------------------------------------------------------------
+
+
+def test_hyperparameter_boundaries_are_accepted():
+    for kw in ({"truncation": 1}, {"truncation": None}, {"eps": 1.0}, {"eps": 1e-12}):
+        ResampledPrior(StandardNormal(2), AcceptanceMLP(2, (4,)), **kw)
+    p = ResampledPrior(StandardNormal(2), AcceptanceMLP(2, (4,)), 7, eps=1, num_z_samples=1)
+    assert p.eps == 1.0 and isinstance(p.eps, float) and p.num_z_samples == 1
+    assert p.extra_repr() == "truncation=7, eps=1.0, num_z_samples=1"
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"eps": True}, "eps"),
+        ({"eps": "0.1"}, "eps"),
+        ({"eps": -0.1}, "eps"),
+        ({"num_z_samples": True}, "num_z_samples"),
+        ({"num_z_samples": 2.0}, "num_z_samples"),
+        ({"truncation": -1}, "truncation"),
+    ],
+)
+def test_hyperparameters_out_of_bounds_are_refused(kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name}: expected"):
+        ResampledPrior(StandardNormal(2), AcceptanceMLP(2, (4,)), **kwargs)
+
+
+def test_z_of_one_and_of_zero_can_be_installed():
+    p = prior_with(0.0, 10, 0.0)
+    assert p.z == 1.0 and bool(p.log_z_initialised)
+    p.set_log_z(-1000)  # Z underflows to 0.0: still a valid log Z
+    assert p.log_z.item() == -1000.0 and p.z == 0.0
+
+
+@pytest.mark.parametrize("truncation, want", [(None, math.inf), (1, 1.0), (5, 5.0)])
+def test_expected_proposals_when_z_underflows(truncation, want):
+    """Z = exp(-1000) = 0.0 in float64: every row runs to T (or forever for T = inf)."""
+    assert prior_with(0.0, truncation, -1000.0).expected_num_proposals() == want
+
+
+def test_expected_proposals_at_z_one_and_by_hand():
+    assert prior_with(0.0, 10, 0.0).expected_num_proposals() == 1.0
+    assert prior_with(0.0, None, 0.0).expected_num_proposals() == 1.0
+    # Z = 1/2, T = 3: (1 - (1/2)^3) / (1/2) = 7/4
+    assert prior_with(0.0, 3, math.log(0.5)).expected_num_proposals() == pytest.approx(1.75)
+    assert prior_with(0.0, None, math.log(0.5)).expected_num_proposals() == 2.0
+
+
+def test_default_blocks_and_chunks_per_device():
+    assert default_max_block(torch.device("cpu")) == 1 << 16
+    assert default_max_block(torch.device("cuda")) == 1 << 22
+    assert chunk_rows(torch.device("cpu")) == 2048
+    assert chunk_rows(torch.device("cuda")) == 1 << 22
+
+
+# -- the blocks of the sampler -------------------------------------------------------------
+
+
+def test_every_proposal_accepted_draws_rows_plus_two_percent_and_16():
+    """a = 1 (Z = 1): a row is one proposal; 1000 rows take one block of
+    ceil(1000 x 1 x 1.02) + 16 = 1036 proposals."""
+    prior = prior_with(50.0, None, 0.0)
+    z, counts = prior.sample(1000, torch.Generator().manual_seed(0), return_num_proposals=True)
+    assert prior.proposal.sizes == [1036]
+    assert z.shape == (1000, 1) and bool((counts == 1).all())
+
+
+def test_the_next_block_follows_the_rate_seen_so_far():
+    """max_block 600: the first block gives 600 rows at 1 proposal per row, so the second
+    asks for ceil(400 x 600 / 600 x 1.02) + 16 = 424."""
+    prior = prior_with(50.0, None, 0.0)
+    prior.sample(1000, torch.Generator().manual_seed(0), max_block=600)
+    assert prior.proposal.sizes == [600, 424]
+
+
+def test_rows_forced_at_truncation_take_t_proposals_each():
+    """a = 0 (Z underflows): every row is cut at its T = 4th proposal; 100 rows, one block
+    of ceil(100 x 4 x 1.02) + 16 = 424 proposals, no more."""
+    prior = prior_with(-60.0, 4, -1000.0)
+    z, counts = prior.sample(100, torch.Generator().manual_seed(0), return_num_proposals=True)
+    assert prior.proposal.sizes == [424]
+    assert bool((counts == 4).all()) and z.shape == (100, 1)
+    ref = torch.randn(424, 1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(z, ref[3::4][:100])  # each row's 4th proposal
+
+
+def test_blocks_look_further_ahead_while_no_row_has_ended():
+    """No Z installed: 2 proposals per row are guessed; a = 0 and T = 1000, so no row ends
+    before 1000 proposals. The guess grows to max(4 x guess, 2 x drawn) each block:
+    19 = ceil(2.04) + 16, then guesses 38, 152, 608, 2432."""
+    prior = prior_with(-60.0, 1000, None)
+    z, counts = prior.sample(1, torch.Generator().manual_seed(0), return_num_proposals=True)
+    assert prior.proposal.sizes == [19, 55, 172, 637, 2497]
+    assert counts.tolist() == [1000] and z.shape == (1, 1)
+
+
+def test_a_row_in_progress_carries_over_into_the_next_block():
+    """T = 5, a = 0, blocks of 3: rows end at stream positions 5, 10, 15 (1-based)."""
+    prior = prior_with(-60.0, 5, -1000.0)
+    gen = torch.Generator().manual_seed(1)
+    z, counts = prior.sample(3, gen, return_num_proposals=True, max_block=3)
+    assert counts.tolist() == [5, 5, 5] and set(prior.proposal.sizes) == {3}
+    assert sum(prior.proposal.sizes) == 15
+
+
+# -- logits of the acceptance network ------------------------------------------------------
+
+
+def reference(acc: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return acc(z)
+
+
+@pytest.mark.parametrize("hidden", [(), (3,), (5, 4)])
+def test_chunked_and_antithetic_logits_equal_the_module(hidden):
+    torch.manual_seed(0)
+    acc = AcceptanceMLP(3, hidden).double()
+    with torch.no_grad():
+        for m in acc.net:
+            if isinstance(m, nn.Linear):
+                m.bias.uniform_(-1.0, 1.0)
+    z = torch.randn(2 * chunk_rows(torch.device("cpu")) + 5, 3, dtype=torch.float64)
+    want, want_neg = reference(acc, z), reference(acc, -z)
+    for ev in (_acceptance_logits(acc), _AcceptanceLogits(acc)):
+        torch.testing.assert_close(ev.chunked(z), want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ev.pm(z[:7]), torch.cat([want[:7], want_neg[:7]]))
+        torch.testing.assert_close(ev(z[:4]), want[:4], rtol=1e-12, atol=1e-12)
+    assert isinstance(_acceptance_logits(acc), _FusedMLPLogits)
+
+
+def test_fused_logits_reuse_and_grow_their_buffers():
+    torch.manual_seed(0)
+    acc = AcceptanceMLP(2, (6, 6)).double()
+    ev = _acceptance_logits(acc)
+    z = torch.randn(10, 2, dtype=torch.float64)
+    a = ev(z[:3]).clone()  # small buffers first
+    b = ev(z).clone()  # then grown
+    c = ev(z[:3]).clone()  # a prefix of the grown ones
+    torch.testing.assert_close(b, reference(acc, z), rtol=1e-12, atol=1e-12)
+    assert torch.equal(a, c) and torch.equal(a, b[:3])
+    d = ev.pm(z)
+    torch.testing.assert_close(d, torch.cat([reference(acc, z), reference(acc, -z)]))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1)),
+        lambda: nn.Sequential(nn.Linear(2, 4, bias=False), nn.Tanh(), nn.Linear(4, 1)),
+        lambda: nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 2)),
+        lambda: nn.Sequential(nn.Linear(2, 1), nn.Tanh()),
+    ],
+)
+def test_only_tanh_mlps_with_biases_and_one_output_are_fused(make):
+    """An AcceptanceMLP whose layers were replaced keeps its own forward."""
+    acc = AcceptanceMLP(2, (4,))
+    acc.net = make()
+    assert type(_acceptance_logits(acc)) is _AcceptanceLogits
