@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup main test lint format bench reliability clean-smoke
+.PHONY: setup main test lint format bench reliability clean-smoke mutate
 
 setup:
 	bash scripts/setup_env.sh
@@ -32,3 +32,9 @@ test: setup lint
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+# mutation testing of the maths and provenance core ([tool.mutmut] in pyproject.toml):
+# writes reports/mutation.md. Not part of `make test` (an hour on one core); mutants/ keeps
+# the verdicts, so a rerun tests only what changed (rm -rf mutants to start over).
+mutate: setup
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/mutation_report.py run

@@ -83,6 +83,7 @@ def test_per_image_values_must_be_finite_numbers(bad):
         # |mean| < 1: an absolute one of 1e-9
         ([-0.5], 0.5 + 0.5e-9, True),
         ([-0.5], 0.5 + 1.5e-9, False),
+        ([0.0], 1e-9, True),  # a difference of exactly the tolerance is within it
         ([-0.25, -0.75], 0.5, True),
         ([-0.25, -0.75], -0.5, False),
         ([0.25, 0.75], -0.5, True),
