@@ -16,12 +16,12 @@ main: setup
 	bash scripts/run_main.sh
 
 lint: setup
-	$(BIN)/ruff check src tests bench workflow/scripts
-	$(BIN)/ruff format --check src tests bench workflow/scripts
+	$(BIN)/ruff check src tests bench workflow/scripts workflow/plan.py
+	$(BIN)/ruff format --check src tests bench workflow/scripts workflow/plan.py
 	$(BIN)/snakemake --lint --configfile params/quick.yaml
 
 format: setup
-	$(BIN)/ruff format src tests bench workflow/scripts
+	$(BIN)/ruff format src tests bench workflow/scripts workflow/plan.py
 
 # regenerate the committed reports/reliability.md from real runs (the test suite never writes it)
 reliability: setup

@@ -4,8 +4,8 @@
     python bench/grid_cost.py --configfile params/grid.yaml --costs FILE [--cores N]
     python bench/grid_cost.py --configfile params/grid.yaml --costs FILE --check runs/grid
 
-Each cell's work comes from the budget's own per-cell params (``larsvae.config.parse_params``
-and ``Params.step_params``, per-architecture and per-dataset overrides included):
+Each cell's work comes from the budget's own per-cell params (the workflow's plan,
+workflow/plan.py: ``parse_params`` and ``Params.step_params``, per-architecture and per-dataset overrides included):
 
 - training: ``iterations`` steps x the measured cost of one trainer step of that model and
   batch size, plus, when ``eval_every`` > 0, every validation (after each ``eval_every``-th
@@ -71,7 +71,10 @@ def load_params(path: str | os.PathLike):
     import jsonschema
     import yaml
 
-    from larsvae.config import params_schema, parse_params
+    from larsvae.config import params_schema
+
+    sys.path.insert(0, str(REPO / "workflow"))
+    from plan import parse_params  # the workflow's plan: the budget's cells
 
     d = yaml.safe_load(Path(path).read_text())
     jsonschema.validate(d, params_schema())
@@ -99,7 +102,7 @@ def cost_key(kind: str, arch: str = "", prior: str = "", mode: str = "", **spec:
 class Work:
     """What one cell runs, from its own params, and the cost keys that price it."""
 
-    cell: Any  # larsvae.config.Cell
+    cell: Any  # plan.Cell (workflow/plan.py)
     steps: int
     eval_every: int
     valid_images: int
@@ -130,7 +133,7 @@ def validations_between(start: int, stop: int, eval_every: int, iterations: int)
 
 
 def cell_work(params, cell) -> Work:
-    """The work of ``cell`` under ``params`` (a :class:`larsvae.config.Params`)."""
+    """The work of ``cell`` under ``params`` (a ``plan.Params``, workflow/plan.py)."""
     from larsvae.config import eval_config, train_config
 
     posthoc = cell.mode == "posthoc"

@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import plan
 import pytest
 import yaml
 from _helpers import clone_working_tree
@@ -88,7 +89,7 @@ def test_params_files_validate_and_build_every_cell(budget, tmp_path):
             str(tmp_path),
         ],
         REPO,
-        timeout=120,
+        timeout=900,  # a budget of ~300 jobs on a loaded 2-core machine
     )
     assert r.returncode == 0, r.stderr[-3000:]
     outs = {line.split("\t")[0] for line in r.stdout.splitlines()[1:] if line.strip()}
@@ -113,10 +114,10 @@ def test_params_files_validate_and_build_every_cell(budget, tmp_path):
             .get("z_shards", cfg["evaluate"]["z_shards"])
         )
         expect = {lay.z_shard(**c, shard=i, nshards=n) for i in range(n)}
-        has_z = lconfig.Cell.from_wildcards(c).needs_z  # LARS priors, resampled outputs
+        has_z = plan.Cell.from_wildcards(c).needs_z  # LARS priors, resampled outputs
         assert shards == (expect if has_z else set())
         if c["mode"] == "posthoc":  # post-hoc LARS needs the standard-prior model of its VAE
-            init = lconfig.parse_params(cfg).posthoc_init(lconfig.Cell.from_wildcards(c))
+            init = plan.parse_params(cfg).posthoc_init(plan.Cell.from_wildcards(c))
             assert init.prior == "gaussian" and init.mode == "standard"
             assert lay.model(**init.wildcards()) in outs
     assert {lay.report(f) for f in ("table1.md", "metrics.json", "main.md")} <= outs
@@ -692,7 +693,7 @@ _IWAE = (
 
 
 def _readers(key: str) -> set[str]:
-    """The smoke jobs whose step reads ``key`` (what larsvae.config.step_keys promises)."""
+    """The smoke jobs whose step reads ``key`` (what step_keys in workflow/plan.py promises)."""
     section = key.split(".")[0]
     if key == "model.hidden":
         return {f"train:{c}" for c in _CELLS}

@@ -226,19 +226,19 @@ def test_the_figure_is_a_png(tmp_path):
 
 
 def test_only_budgets_with_other_priors_have_a_comparison():
-    from larsvae import config as lconfig
+    import plan
 
     def cells(name):
-        return lconfig.parse_params(yaml.safe_load((REPO / f"params/{name}.yaml").read_text()))
+        return plan.parse_params(yaml.safe_load((REPO / f"params/{name}.yaml").read_text()))
 
     grid = cells("grid")  # Table 1, and the comparison on the dynamicMNIST VAE
-    chosen = priors.comparison_cells(grid.cells)
+    chosen = plan.comparison_cells(grid.cells)
     assert len(chosen) == 11 * 3
     assert {(c.dataset, c.arch) for c in chosen} == {("dynamic_mnist", "vae")}
     assert {c.seed for c in chosen} == {1, 2, 3}
     assert {c.prior for c in set(chosen) & set(grid.main_cells)} == {"gaussian", "lars"}
-    assert priors.comparison_cells(cells("smoke").cells) == []  # N(0, I) and LARS only
-    quick = priors.comparison_cells(cells("quick").cells)  # the flows of Appendix D
+    assert plan.comparison_cells(cells("smoke").cells) == []  # N(0, I) and LARS only
+    quick = plan.comparison_cells(cells("quick").cells)  # the flows of Appendix D
     assert {(c.dataset, c.arch) for c in quick} == {("dynamic_mnist", "vae"), ("omniglot", "vae")}
     assert all(c.variant == "base" for c in quick)
 

@@ -1,7 +1,7 @@
 """The ``larsvae`` command line: arguments -> typed configs -> one :mod:`larsvae.steps` call.
 
 Paths are arguments; parameters are JSON objects holding the keys a step reads (the rules
-pass exactly those, see ``larsvae.config.step_keys``), parsed once by :mod:`larsvae.config`.
+pass exactly those, see ``step_keys`` in workflow/plan.py), parsed once by :mod:`larsvae.config`.
 Every user error prints exactly one line ``larsvae: error: ...`` on stderr and exits with
 status 2 (a diverged training run: status 1), never a traceback.
 

@@ -1,5 +1,6 @@
 # Helpers shared by every rule: the one config validation, the cells, input and params
-# functions. Paths come from larsvae.paths, key sets from larsvae.config: rules hold no logic.
+# functions. Paths come from larsvae.paths, the cells and the keys each step reads from the
+# plan (workflow/plan.py): rules hold no logic.
 import json
 import shlex
 import sys
@@ -10,11 +11,12 @@ from snakemake.utils import update_config, validate
 
 from larsvae import config as lconfig
 from larsvae.data.sources import export_mirrors
-from larsvae.reports.priors import comparison_cells
 from larsvae.paths import (Layout, dataset_file, fill, labels_file, manifest_file,
                            verified_file)
 
 REPO = Path(workflow.basedir).resolve()
+sys.path.insert(0, str(REPO / "workflow"))
+import plan  # noqa: E402  (workflow/plan.py: the cells, the keys each step reads)
 # Every job's shell: strict mode, this interpreter's bin/ first on PATH (so `python` and
 # `larsvae` are the ones Snakemake runs in, activated or not), and `gpu_slot CMD...`, which
 # runs CMD on one GPU of its own (workflow/scripts/gpu_slot.py) or unchanged on the CPU.
@@ -70,7 +72,7 @@ if not config:
 update_config(config, _typed(workflow.config_settings.config or {}))
 try:
     validate(config, schema=str(REPO / "workflow" / "schemas" / "params.schema.yaml"))
-    P = lconfig.parse_params(config)
+    P = plan.parse_params(config)
 except (WorkflowError, lconfig.ConfigError) as err:
     raise WorkflowError(_one_line(err)) from None
 L = Layout(P.runs, P.reports, P.results)
@@ -87,7 +89,7 @@ PROGRESS = {k: L.report(f"progress/{Path(f).name}") for k, f in REPORTS.items()}
 def cell_of(w, **fixed):
     """The cell of a job: its wildcards plus the fields its output pattern fixes (the prior
     wildcard is the prior's tag, `lars` or `lars-<variant>`)."""
-    return lconfig.Cell.from_wildcards({**dict(w.items()), **fixed})
+    return plan.Cell.from_wildcards({**dict(w.items()), **fixed})
 
 
 def prior_tag(priors):
@@ -137,7 +139,7 @@ def verified(wildcards):
 
 def posthoc_init(wildcards):
     """Post-hoc LARS starts from the standard-prior checkpoint of the same dataset, arch,
-    seed and VAE (larsvae.config.Params.posthoc_init)."""
+    seed and VAE (plan.Params.posthoc_init)."""
     return L.model(**P.posthoc_init(cell_of(wildcards, mode="posthoc")).wildcards())
 
 
@@ -310,7 +312,7 @@ def appendix_spec(wildcards):
 
 # The prior comparison (priors.md, asked for by name): a budget has one when its cells run a
 # prior beyond Table 1's N(0, I) and LARS; it reads the base cells of those datasets and archs
-PRIOR_CELLS = comparison_cells(P.cells)
+PRIOR_CELLS = plan.comparison_cells(P.cells)
 PRIORS_REPORT = {"table": L.report("priors.md"), "figure": L.report("fig_priors.png")}
 
 

@@ -1,5 +1,5 @@
 # Three training rules, one per training regime, so that profiles can size them apart. Each
-# passes only the params keys its step reads (larsvae.config.step_keys), so a changed key
+# passes only the params keys its step reads (step_keys in workflow/plan.py), so a changed key
 # retrains exactly the cells that read it.
 
 

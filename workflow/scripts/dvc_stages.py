@@ -33,6 +33,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DEPS = [
     "Snakefile",
+    "workflow/plan.py",
     "workflow/rules",
     "workflow/schemas",
     "workflow/scripts/gpu_slot.py",

@@ -30,12 +30,11 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import BASE, Cell
 from ..publish import train_seconds
 from ..utils import atomic_write_text, file_sha256
 from .gains import Gain, paired_gain
@@ -77,21 +76,11 @@ DENSITY = {
 #: priors whose sampling cost does not depend on the trained weights (a fresh prior of the
 #: cell's params costs what the trained one does); the others sample by rejection
 FIXED_COST = ("gaussian", "realnvp", "maf", "vamp", "mog", "snis")
-#: priors the paper's Table 1 holds; a budget with any other prior has a comparison report
-TABLE1_PRIORS = ("gaussian", "lars")
 #: claim thresholds, fixed before any run
 COMPARABLE_FRACTION = 0.5  # "comparable": LARS's gain at least this fraction of VampPrior's
 HUNDREDS_OF_THOUSANDS = (100_000, 1_000_000)
 ORDER_OF_MAGNITUDE = 10.0
 NOT_WORSE_SE = 2.0  # "matches or beats": not worse than LARS by more than 2 paired SE
-
-
-def comparison_cells(cells: Iterable[Cell]) -> list[Cell]:
-    """The cells of the comparison report: the base-variant cells of every (dataset, arch)
-    whose cells run a prior beyond Table 1's N(0, I) and LARS (empty: no report)."""
-    base = [c for c in cells if c.variant == BASE]
-    groups = {(c.dataset, c.arch) for c in base if c.prior not in TABLE1_PRIORS}
-    return [c for c in base if (c.dataset, c.arch) in groups]
 
 
 def prior_parameters(arch: str, prior: str, mode: str, model_params: dict[str, Any]) -> int:
@@ -540,7 +529,6 @@ __all__ = [
     "Row",
     "build_rows",
     "claims",
-    "comparison_cells",
     "paired_difference",
     "plot",
     "prior_parameters",
