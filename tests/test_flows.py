@@ -30,8 +30,9 @@ from larsvae.distributions import (
     ResampledPrior,
     StandardNormal,
     build_prior,
+    warmup_parameters,
 )
-from larsvae.distributions.flows import MADE, flow_parameters
+from larsvae.distributions.flows import MADE
 from larsvae.models import build_model
 from larsvae.train import fit
 from larsvae.utils import derive_seed
@@ -280,21 +281,26 @@ def _tiny_model(prior: str) -> torch.nn.Module:
 
 
 TABLE_PRIORS = ["gaussian", "lars", "realnvp", "maf", "lars_realnvp"]
+#: the priors whose parameters train under the KL warm-up
+WARM_PRIORS = ["realnvp", "maf", "lars_realnvp", "vamp"]
 
 
-@pytest.mark.parametrize("prior", TABLE_PRIORS)
-def test_flow_parameters_are_those_of_the_flows(prior):
+@pytest.mark.parametrize("prior", TABLE_PRIORS + ["vamp", "mog", "trs", "snis", "lars_dim"])
+def test_warmup_parameters_are_those_of_the_flows_and_the_vampprior(prior):
     model = _tiny_model(prior)
-    got = [id(p) for p in flow_parameters(model)]
-    flow = {
+    got = [id(p) for p in warmup_parameters(model)]
+    free = {
         "realnvp": model.top_prior,
         "maf": model.top_prior,
         "lars_realnvp": getattr(model.top_prior, "proposal", None),
+        "vamp": model.top_prior,  # its pseudo-inputs only: the encoder is the model's
     }.get(prior)
-    assert got == ([] if flow is None else [id(p) for p in flow.parameters()])
+    assert got == ([] if free is None else [id(p) for p in free.parameters()])
+    if prior == "vamp":
+        assert got == [id(model.top_prior.pseudo_logits)]
 
 
-@pytest.mark.parametrize("prior", TABLE_PRIORS)
+@pytest.mark.parametrize("prior", TABLE_PRIORS + ["vamp", "mog"])
 def test_fit_is_adam_with_the_flow_learning_rate_times_beta(prior, tmp_path):
     """fit == a hand-written loop. For N(0, I) and LARS it is the loop of Appendix C.3 as
     it was before flows had their own group: one fused Adam over all parameters, lr ->
@@ -305,7 +311,7 @@ def test_fit_is_adam_with_the_flow_learning_rate_times_beta(prior, tmp_path):
     fit(fitted, stream, WARM, tmp_path / "model.pt", seed=3, progress=False)
 
     model = _tiny_model(prior)
-    flow = {id(p) for p in flow_parameters(model)}
+    flow = {id(p) for p in warmup_parameters(model)}
     params = list(model.parameters())
     if flow:
         groups = [
@@ -329,7 +335,7 @@ def test_fit_is_adam_with_the_flow_learning_rate_times_beta(prior, tmp_path):
         assert torch.equal(a, b), f"{prior}: {name} differs from the reference loop"
 
 
-@pytest.mark.parametrize("prior", ["realnvp", "maf", "lars_realnvp"])
+@pytest.mark.parametrize("prior", WARM_PRIORS)
 def test_the_kl_warmup_slows_the_flow(prior, tmp_path):
     """While beta is small a flow moves beta times as far as the encoder and decoder.
 
@@ -339,7 +345,7 @@ def test_the_kl_warmup_slows_the_flow(prior, tmp_path):
     untrained decoder and the posterior collapsed onto it.
     """
     model = _tiny_model(prior)
-    flow = {id(p) for p in flow_parameters(model)}
+    flow = {id(p) for p in warmup_parameters(model)}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     fit(model, _tiny_stream(), WARM, tmp_path / "model.pt", seed=3, progress=False)
     moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()}

@@ -56,7 +56,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig, to_dict
-from .distributions.flows import flow_parameters
+from .distributions.base import warmup_parameters
 from .evaluation import iwae_log_likelihood
 from .models import z_holder
 from .utils import (
@@ -108,9 +108,10 @@ def make_optimizer(
     """Adam with default betas and eps, fused into one kernel over all parameters: on the
     CPU ~3x faster than the per-tensor loop for the paper's VAE; equal up to rounding.
 
-    The ``params`` also in ``warmup`` (a flow prior's, ``flow_parameters``) form a second
-    group whose learning rate follows the KL warm-up (:func:`group_lr`). Without them (the
-    N(0, I) and LARS priors) this is the one group of all ``params``, as it always was."""
+    The ``params`` also in ``warmup`` (a flow's or the VampPrior's, ``warmup_parameters``)
+    form a second group whose learning rate follows the KL warm-up (:func:`group_lr`).
+    Without them (every other prior) this is the one group of all ``params``, as it always
+    was."""
     warm = {id(p) for p in warmup}
     if not any(id(p) in warm for p in params):
         return torch.optim.Adam(params, lr=lr, fused=True)
@@ -124,7 +125,7 @@ def group_lr(group: dict[str, Any], step: int, cfg: TrainConfig) -> float:
     """Learning rate of an Adam group at ``step``: the schedule's, times the KL weight beta
     for a ``kl_warmup`` group. Adam is invariant to the scale of a gradient, so the beta in
     front of the KL does not slow parameters that only the KL reaches; this does, as plain
-    SGD would (``larsvae.distributions.flows``)."""
+    SGD would (``larsvae.distributions.base.warmup_parameters``)."""
     lr = learning_rate(step, cfg)
     return lr * kl_beta(step, cfg.warmup_steps) if group.get("kl_warmup") else lr
 
@@ -565,8 +566,8 @@ def fit(
     Raises :class:`TrainingDiverged` on a non-finite loss, naming the step.
     """
     model.train()
-    optimizer = make_optimizer(trainable_parameters(model), cfg.lr, flow_parameters(model))
-    if any(g.get("kl_warmup") for g in optimizer.param_groups):  # older flow resumes restart
+    optimizer = make_optimizer(trainable_parameters(model), cfg.lr, warmup_parameters(model))
+    if any(g.get("kl_warmup") for g in optimizer.param_groups):  # resumes from before restart
         meta = dict(meta or {}) | {"flow_lr_warmup": True}
     run = _Run(
         model,

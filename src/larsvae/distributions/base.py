@@ -23,9 +23,15 @@ class Prior(nn.Module):
 
     ``symmetric`` says whether the density satisfies p(z) = p(-z); only then may
     :func:`larsvae.zestimate.estimate_z` use antithetic pairs (z, -z).
+
+    ``kl_warmup`` says that the prior's own parameters train at the learning rate times the
+    KL weight beta (:func:`warmup_parameters`): true for the flows and the VampPrior, whose
+    posteriors collapsed onto the prior without it; false for N(0, I), the priors that
+    reweight it (LARS, TRS, SNIS, dimension-wise LARS) and the mixture of Gaussians.
     """
 
     symmetric: bool = False
+    kl_warmup: bool = False
 
     def __init__(self, dim: int):
         super().__init__()
@@ -47,6 +53,31 @@ class Prior(nn.Module):
         ``log_q`` (the posterior's log density of ``z``) is only used by LARS (Algorithm 1).
         """
         return self.log_prob(z)
+
+
+def warmup_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Trainable parameters of every prior inside ``module`` that has ``kl_warmup`` (a flow
+    prior, the RealNVP proposal of LARS over RealNVP, the VampPrior's pseudo-inputs), each
+    once, in module order; ``[]`` if there is none.
+
+    Why they need it: such a parameter receives no gradient but ``beta * d KL / d theta``,
+    and Adam divides every parameter's step by the running RMS of its own gradient, so the
+    beta in front of the KL does not slow it down. Without more, the prior fits the
+    aggregate posterior at the full learning rate while beta is still near 0, follows
+    whatever the encoder does before the decoder uses z, and the posterior collapses onto
+    it (``reports/flow_collapse.md``). ``larsvae.train`` multiplies their learning rate by
+    beta, which is what the warm-up does to them with plain SGD. (The VampPrior's encoder is
+    the model's, not a submodule of the prior: only its pseudo-inputs are here.)
+    """
+    seen: set[int] = set()
+    out: list[nn.Parameter] = []
+    for m in module.modules():
+        if isinstance(m, Prior) and m.kl_warmup:
+            for p in m.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+    return out
 
 
 class StandardNormal(Prior):

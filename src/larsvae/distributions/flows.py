@@ -39,9 +39,10 @@ own gradient, so weighting the KL by beta does not slow them down: without more,
 fits the aggregate posterior at the full learning rate while beta is still near 0. It then
 follows whatever the encoder does before the decoder uses z (in a VAE on dynamicMNIST the
 posterior means first jump to a common offset of RMS ~3 within 60 steps), the KL drops to ~1 nat
-and the posterior collapses onto the prior. :func:`flow_parameters` names the parameters
-whose learning rate ``larsvae.train`` therefore multiplies by beta, which is what the
-warm-up does to them with plain SGD (``reports/flow_collapse.md``).
+and the posterior collapses onto the prior. A flow therefore has ``kl_warmup``: its
+parameters are among :func:`larsvae.distributions.base.warmup_parameters`, whose learning
+rate ``larsvae.train`` multiplies by beta, which is what the warm-up does to them with plain
+SGD (``reports/flow_collapse.md``).
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class _Flow(Prior):
     """
 
     symmetric = False
+    kl_warmup = True  # see larsvae.distributions.base.warmup_parameters
 
     def __init__(self, dim: int):
         super().__init__(dim)
@@ -163,21 +165,6 @@ class _Flow(Prior):
     def rsample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Same as :meth:`sample` (flow samples are reparameterised)."""
         return self.sample(n, generator=generator)
-
-
-def flow_parameters(module: nn.Module) -> list[nn.Parameter]:
-    """Trainable parameters of every flow inside ``module`` (a flow prior, or the RealNVP
-    proposal of LARS over RealNVP), each once, in module order; ``[]`` if there is none
-    (N(0, I) and LARS over N(0, I) priors)."""
-    seen: set[int] = set()
-    out: list[nn.Parameter] = []
-    for m in module.modules():
-        if isinstance(m, _Flow):
-            for p in m.parameters():
-                if p.requires_grad and id(p) not in seen:
-                    seen.add(id(p))
-                    out.append(p)
-    return out
 
 
 class RealNVP(_Flow):
@@ -343,4 +330,4 @@ class MAF(_Flow):
         return f"dim={self.dim}, num_blocks={len(self.blocks)}"
 
 
-__all__ = ["RealNVP", "MAF", "MADE", "flow_parameters"]
+__all__ = ["RealNVP", "MAF", "MADE"]
