@@ -34,6 +34,7 @@ TESTS_STAMP = ROOT / "mutants" / "tests.sha256"
 # mutmut's exit codes (mutmut.stats.status_by_exit_code), in the report's words
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no test", 33: "no test", None: "not run"}
 STATUS |= dict.fromkeys((36, 24, -24, 152, 255), "timeout")
+SURVIVED = ("survived", "no test")
 
 
 def mutated_files() -> list[str]:
@@ -50,7 +51,7 @@ def tests_digest() -> str:
 
 
 def mutmut(*args: str) -> None:
-    subprocess.run([Path(sys.executable).parent / "mutmut", "run", *args], cwd=ROOT, check=True)
+    subprocess.run([Path(sys.executable).parent / "mutmut", "run", *args], check=True)
 
 
 def results() -> dict[str, dict[str, int | None]]:
@@ -64,14 +65,18 @@ def results() -> dict[str, dict[str, int | None]]:
 
 def run() -> None:
     digest = tests_digest()
-    changed = TESTS_STAMP.exists() and TESTS_STAMP.read_text() != digest
-    if changed:  # map functions to the tests anew; the verdicts are kept
+    if TESTS_STAMP.exists() and TESTS_STAMP.read_text() != digest:
+        # New or changed tests: map functions to tests anew and re-test every survivor
+        # (mutmut tests the mutants without a verdict, as mutmut's own reset does).
         (ROOT / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+        for path in mutated_files():
+            meta = ROOT / "mutants" / f"{path}.meta"
+            if meta.exists():
+                m = json.loads(meta.read_text())
+                codes = m["exit_code_by_key"]
+                m["exit_code_by_key"] = {k: None if STATUS.get(c) in SURVIVED else c for k, c in codes.items()}  # fmt: skip
+                meta.write_text(json.dumps(m, indent=4))
     mutmut("--max-children", "1")
-    if changed:  # mutmut re-tests the mutants it is given by name
-        again = [k for r in results().values() for k, c in r.items() if c in (0, 5, 33)]
-        if again:
-            mutmut("--max-children", "1", *again)
     TESTS_STAMP.write_text(digest)
     report()
 
@@ -119,7 +124,7 @@ def report() -> None:
         for key, code in sorted(res.items(), key=lambda kv: kv[0]):
             status = STATUS.get(code, "killed")  # segfault, suspicious: the tests noticed
             count[status] += 1
-            if status in ("survived", "no test"):
+            if status in SURVIVED:
                 before, after = change_of(key, path)
                 why = equivalent.get((module, function_of(key), before, after))
                 if why is not None:
@@ -132,7 +137,13 @@ def report() -> None:
                      "score": round(score, 4)})  # fmt: skip
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     runs = json.loads(RUNS.read_text()) if RUNS.exists() else []
-    runs.append({"date": date, "tool": f"mutmut {version('mutmut')}", "modules": rows})
+    left = sum(r["not run"] for r in rows)
+    note = (
+        f"partial: {left} of {sum(r['mutants'] for r in rows)} mutants not run yet" if left else ""
+    )
+    runs.append(
+        {"date": date, "tool": f"mutmut {version('mutmut')}", "modules": rows, "note": note}
+    )
     text = render(date, rows, listed, runs, set(equivalent) - used)
     RUNS.write_text(json.dumps(runs, indent=1) + "\n")
     REPORT.write_text(text)
@@ -171,12 +182,19 @@ def render(date, rows, listed, runs, stale) -> str:
     out += ["(`@torch.no_grad()`, `@property`); their helpers are mutated:", ""]
     for path in mutated_files():
         out.append(f"- {path}: " + ", ".join(f"`{n}`" for n in decorated(path)))
-    out += ["", "## Runs", "", "| date | tool | " + " | ".join(r["module"] for r in rows) + " |"]
-    out.append("|---" * (len(rows) + 2) + "|")
+    out += [
+        "",
+        "## Runs",
+        "",
+        "Score (of the mutants run) per module, every `make mutate` so far:",
+        "",
+    ]
+    out.append("| date | tool | " + " | ".join(r["module"] for r in rows) + " | note |")
+    out.append("|---" * (len(rows) + 3) + "|")
     for run_ in runs:
         scores = {m["module"]: m for m in run_["modules"]}
         cells = [_cell(scores.get(r["module"])) for r in rows]
-        out.append(f"| {run_['date']} | {run_['tool']} | " + " | ".join(cells) + " |")
+        out.append(f"| {run_['date']} | {run_['tool']} | " + " | ".join(cells) + f" | {run_.get('note', '')} |")  # fmt: skip
     return "\n".join(out) + "\n"
 
 

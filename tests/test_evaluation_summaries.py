@@ -182,3 +182,14 @@ def test_iwae_takes_a_seed_or_a_generator_not_both(vae):
     assert torch.equal(a, b)
     one = iwae_log_likelihood(vae, x, k=1, batch_size=1, k_chunk=1, seed=4)
     assert one.shape == (2,) and torch.isfinite(one).all()
+
+
+def test_iwae_of_a_float32_model_is_float64_and_restores_its_mode(vae):
+    """The log-sum-exp of the weights and the returned log p(x) are float64 (a float32 sum
+    of 1000 weights loses digits the NLL's third decimal needs); the mode is restored."""
+    x = torch.zeros(3, 784)
+    for training in (True, False):
+        vae.train(training)
+        ll = iwae_log_likelihood(vae, x, k=3, batch_size=2, seed=1)
+        assert ll.dtype == torch.float64 and ll.device.type == "cpu" and ll.shape == (3,)
+        assert vae.training is training

@@ -366,6 +366,12 @@ def test_batch_records_of_another_shape_are_left_to_from_dict():
     check_batches([[0, 0, 0, "", "", ""]], "z.json")
 
 
+def test_a_malformed_record_does_not_hide_a_damaged_one_after_it():
+    est = {"batches": [[0, 1, 1], "junk", [2, 0, 5, "", "", ""]]}
+    with pytest.raises(UserError, match="batch 2 records 0 units from 5 samples"):
+        check_batches(est, "z.json")
+
+
 def test_read_z_file_checks_batch_records(tmp_path):
     d = single(0.5).to_dict()
     d["batches"][0][1] = 0
