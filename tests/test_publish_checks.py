@@ -256,6 +256,12 @@ def test_check_published_reads_only_the_five_cell_keys(published):
     assert check_published(published, CELL, PARAMS, None) == prov  # data unknown: not checked
 
 
+def test_check_published_names_a_cell_without_provenance(tmp_path):
+    missing = re.escape(str(tmp_path / "provenance.json"))
+    with pytest.raises(UserError, match=f"^published cell {missing}: no such file"):
+        check_published(tmp_path, CELL, PARAMS, None)
+
+
 def test_check_published_refuses_another_format(published):
     prov = json.loads((published / "provenance.json").read_text())
     (published / "provenance.json").write_text(json.dumps({**prov, "format_version": 2}))
