@@ -108,7 +108,7 @@ def make_optimizer(
     """Adam with default betas and eps, fused into one kernel over all parameters: on the
     CPU ~3x faster than the per-tensor loop for the paper's VAE; equal up to rounding.
 
-    The ``params`` also in ``warmup`` (a flow's or the VampPrior's, ``warmup_parameters``)
+    The ``params`` also in ``warmup`` (a flow prior's, ``warmup_parameters``)
     form a second group whose learning rate follows the KL warm-up (:func:`group_lr`).
     Without them (every other prior) this is the one group of all ``params``, as it always
     was."""

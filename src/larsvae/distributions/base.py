@@ -25,9 +25,10 @@ class Prior(nn.Module):
     :func:`larsvae.zestimate.estimate_z` use antithetic pairs (z, -z).
 
     ``kl_warmup`` says that the prior's own parameters train at the learning rate times the
-    KL weight beta (:func:`warmup_parameters`): true for the flows and the VampPrior, whose
-    posteriors collapsed onto the prior without it; false for N(0, I), the priors that
-    reweight it (LARS, TRS, SNIS, dimension-wise LARS) and the mixture of Gaussians.
+    KL weight beta (:func:`warmup_parameters`): true for the flows, whose posteriors
+    collapsed onto the prior without it; false for every other prior. (The VampPrior's
+    posterior collapses too, and with its pseudo-inputs under the warm-up just the same: KL
+    2.9 nats at step 200 either way, so Adam's cancellation of beta is not its cause there.)
     """
 
     symmetric: bool = False
@@ -57,8 +58,8 @@ class Prior(nn.Module):
 
 def warmup_parameters(module: nn.Module) -> list[nn.Parameter]:
     """Trainable parameters of every prior inside ``module`` that has ``kl_warmup`` (a flow
-    prior, the RealNVP proposal of LARS over RealNVP, the VampPrior's pseudo-inputs), each
-    once, in module order; ``[]`` if there is none.
+    prior, the RealNVP proposal of LARS over RealNVP), each once, in module order; ``[]`` if
+    there is none.
 
     Why they need it: such a parameter receives no gradient but ``beta * d KL / d theta``,
     and Adam divides every parameter's step by the running RMS of its own gradient, so the
@@ -66,8 +67,7 @@ def warmup_parameters(module: nn.Module) -> list[nn.Parameter]:
     aggregate posterior at the full learning rate while beta is still near 0, follows
     whatever the encoder does before the decoder uses z, and the posterior collapses onto
     it (``reports/flow_collapse.md``). ``larsvae.train`` multiplies their learning rate by
-    beta, which is what the warm-up does to them with plain SGD. (The VampPrior's encoder is
-    the model's, not a submodule of the prior: only its pseudo-inputs are here.)
+    beta, which is what the warm-up does to them with plain SGD.
     """
     seen: set[int] = set()
     out: list[nn.Parameter] = []

@@ -128,13 +128,6 @@ class VampPrior(Prior):
         encoder: optional x (K, data_dim) -> (mean (K, D), log_std (K, D)).
     """
 
-    # The pseudo-inputs train under the KL warm-up (larsvae.distributions.base
-    # .warmup_parameters): at full rate the posterior collapsed onto the prior (dynamicMNIST
-    # VAE, 15,000 steps: test KL 12.3-12.6 nats where N(0, I) has 23.8-24.6, NLL 112-114
-    # against 97.7). The mixture of Gaussians, measured the same way, did not collapse
-    # (KL 21.3-21.6, NLL 94.7) and trains its parameters at the plain rate.
-    kl_warmup = True
-
     def __init__(
         self,
         dim: int,
