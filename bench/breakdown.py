@@ -1,4 +1,4 @@
-"""Where the CPU time of the unmet performance goals goes (issue 9), as Markdown.
+"""Where the CPU time of the training step and IWAE goes, as Markdown.
 
     python bench/breakdown.py [--out reports/profile_cpu.md]
 

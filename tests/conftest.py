@@ -445,7 +445,7 @@ def _setup_planted_mirrors(root: Path, f: dict[str, Path]) -> None:
 
 
 def _setup_limit_files(root: Path, f: dict[str, Path]) -> None:
-    """Issue 10 #8/#9: damaged manifests, shard, nll.json and checkpoint metas."""
+    """Damaged manifests, shard, nll.json and checkpoint metas."""
     from larsvae.checkpoint import load_checkpoint, save_checkpoint
 
     text = f["data"].with_suffix(".json").read_text()

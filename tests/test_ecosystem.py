@@ -253,3 +253,16 @@ def test_dvc_exp_run_over_seeds(dvc_clone):
     r = _run(dvc + ["exp", "show", "--json"], dvc_clone)
     assert r.returncode == 0, r.stderr
     assert '"seed2"' in r.stdout  # metrics.json: the NLL of each seed
+
+
+def test_no_issue_numbers_in_code():
+    """Code and tests say what they do, not which ticket asked for it (git log has that)."""
+    pattern = re.compile(r"\b[Ii]ssues? #?\d+")
+    found = []
+    for folder in ("src", "bench", "workflow", "tests", "scripts"):
+        for path in sorted((REPO / folder).rglob("*")):
+            if path.suffix in (".py", ".smk", ".sh", ".yaml") and path.is_file():
+                for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                    if pattern.search(line) and path.name != "test_ecosystem.py":
+                        found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
+    assert not found, "\n".join(found[:10])

@@ -923,7 +923,7 @@ def test_report_tables_from_known_results(tmp_path):
 
 
 def test_report_header_names_the_omniglot_version(tmp_path):
-    """Issue 3: every report using Omniglot says which version (derived or chardata.mat)."""
+    """Every report using Omniglot says which version (derived or chardata.mat)."""
     from larsvae.data.prepare import OMNIGLOT_VERSION
     from larsvae.reports.table1 import _data_versions
 

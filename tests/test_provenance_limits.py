@@ -1,4 +1,4 @@
-"""Issue 10 #7-#9: memory estimated before allocating, one line instead of a traceback,
+"""Memory estimated before allocating, one line instead of a traceback,
 sizes checked before decompressing or building. Each test plants the failure and expects
 ``larsvae: error: ...`` naming the file or key, a non-zero status and nothing written."""
 
