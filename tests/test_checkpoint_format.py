@@ -144,6 +144,9 @@ def test_check_meta_defaults_and_bounds(tmp_path):
 def test_errors_are_worded_on_one_line():
     assert _one_line(ValueError("bad  header\n in file. Try again.")) == "bad header in file"
     assert _one_line(ValueError("")) == "ValueError"
+    assert _one_line(ValueError("corrupt file.")) == "corrupt file"  # the full stop goes
+    assert _one_line(ValueError("no key X.")) == "no key X"
+    assert _one_line(ValueError(".5 is not an int")) == ".5 is not an int"
     long = _one_line(ValueError("x" * 200))
     assert len(long) == 120 and long == "x" * 117 + "..."
     assert _one_line(ValueError("y" * 120)) == "y" * 120

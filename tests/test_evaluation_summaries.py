@@ -19,6 +19,7 @@ from larsvae.evaluation import (
     ELBOSummary,
     iwae_log_likelihood,
     iwae_tiles,
+    nll_summary,
     nll_z_error,
     summarise_nll,
 )
@@ -42,6 +43,12 @@ def test_nll_and_its_standard_error_by_hand():
     assert (s.n, s.k) == (3, 50)
     assert s.dnll_dlogz == 0.0 and s.z_rel_stderr is None and s.nll_z_stderr == 0.0
     assert torch.equal(s.log_px, LOG_PX)
+
+
+def test_two_images_have_a_standard_error():
+    """-1 and -3: unbiased variance 2, SE = sqrt(2) / sqrt(2) = 1."""
+    s = summarise_nll(torch.tensor([-1.0, -3.0], dtype=torch.float64), None, k=1)
+    assert s.nll == 2.0 and s.nll_stderr == pytest.approx(1.0, rel=1e-15)
 
 
 def test_one_image_has_no_standard_error():
@@ -79,6 +86,14 @@ def test_the_installed_z_must_be_the_estimate_within_1e9_in_log():
     for off in (2e-9, -2e-9, 1e-3):
         with pytest.raises(ValueError, match="is not the given estimate's"):
             summarise_nll(LOG_PX, LOG_PX, 5, z, holder(math.log(0.25) + off))
+
+
+def test_the_installed_z_check_is_absolute_also_for_a_tiny_z():
+    """log Z = -100: a relative tolerance of 1e-9 would allow 1e-7 in log Z."""
+    z = SimpleNamespace(mean=math.exp(-100.0), stderr=1e-50, log_mean=-100.0)
+    summarise_nll(LOG_PX, LOG_PX, 5, z, holder(-100.0 + 0.5e-9))
+    with pytest.raises(ValueError, match="is not the given estimate's"):
+        summarise_nll(LOG_PX, LOG_PX, 5, z, holder(-100.0 + 5e-9))
 
 
 @pytest.mark.parametrize("mean", [0.0, -0.1, math.nan])
@@ -193,3 +208,15 @@ def test_iwae_of_a_float32_model_is_float64_and_restores_its_mode(vae):
         ll = iwae_log_likelihood(vae, x, k=3, batch_size=2, seed=1)
         assert ll.dtype == torch.float64 and ll.device.type == "cpu" and ll.shape == (3,)
         assert vae.training is training
+
+
+def test_nll_summary_uses_the_paper_k_and_the_given_generator(vae):
+    """K = 1000 importance samples by default (Sec. 5); a generator gives the numbers its
+    seed gives; the summary is that of the per-image estimates."""
+    x = torch.zeros(2, 784)
+    s = nll_summary(vae, x, seed=3)
+    assert s.k == 1000 and s.n == 2
+    assert torch.equal(s.log_px, iwae_log_likelihood(vae, x, k=1000, seed=3))
+    g = nll_summary(vae, x, k=4, generator=torch.Generator().manual_seed(5))
+    assert g.k == 4 and torch.equal(g.log_px, nll_summary(vae, x, k=4, seed=5).log_px)
+    assert g.nll == pytest.approx(-float(g.log_px.mean()), rel=1e-15)

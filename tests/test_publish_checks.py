@@ -9,6 +9,8 @@ import math
 import re
 import statistics
 import subprocess
+import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -126,7 +128,7 @@ def test_code_version_outside_git(tmp_path):
     assert code_version(tmp_path) == {"commit": None, "src_modified": None}
 
 
-def test_code_version_names_the_commit_and_whether_src_differs(tmp_path):
+def test_code_version_names_the_commit_and_whether_src_differs(tmp_path, monkeypatch):
     def git(*args):
         return subprocess.run(
             ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
@@ -144,6 +146,11 @@ def test_code_version_names_the_commit_and_whether_src_differs(tmp_path):
     git("commit", "-q", "-m", "c")
     head = git("rev-parse", "HEAD")
     assert code_version(tmp_path) == {"commit": head, "src_modified": False}
+    monkeypatch.chdir(tmp_path)  # the default root is the working directory
+    assert code_version() == {"commit": head, "src_modified": False}
+    files = finished_cell(tmp_path / "cell", z=False)
+    prov = publish_cell(**files, params=PARAMS, out_dir=tmp_path / "out")
+    assert prov["code"] == {"commit": head, "src_modified": False}
     (tmp_path / "README").write_text("changed outside src\n")
     assert code_version(tmp_path) == {"commit": head, "src_modified": False}
     (tmp_path / "src" / "m.py").write_text("x = 2\n")
@@ -154,6 +161,7 @@ def test_code_version_names_the_commit_and_whether_src_differs(tmp_path):
 
 
 def finished_cell(tmp_path, *, z=True, shard_seconds=(30.0, 12.5)):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"weights")
     files = dict(checkpoint=ckpt)
@@ -228,9 +236,45 @@ def test_publish_cell_refuses_a_record_that_is_not_a_finished_evaluation(tmp_pat
     files = finished_cell(tmp_path)
     record = json.loads(files["nll"].read_text())
     files["nll"].write_text(json.dumps({**record, "nll": 1.0}))
-    with pytest.raises(UserError, match="not the negative mean"):
+    where = re.escape(str(files["nll"]))
+    with pytest.raises(UserError, match=f"^nll.json {where}: .* not the negative mean"):
         publish_cell(**files, params=PARAMS, out_dir=tmp_path / "out", root=tmp_path)
     assert not (tmp_path / "out").exists()
+
+
+def test_publish_cell_names_a_z_or_shard_file_that_is_not_json(tmp_path):
+    for key, flag in (("z", "--z"), ("z_shards", "--z-shard")):
+        files = finished_cell(tmp_path / key)
+        path = files[key] if key == "z" else files[key][1]
+        path.write_text("{not json")
+        if key == "z":  # the evaluation's z_sha256 is of the broken file: only JSON fails
+            record = json.loads(files["nll"].read_text())
+            files["nll"].write_text(json.dumps({**record, "z_sha256": file_sha256(path)}))
+        with pytest.raises(UserError, match=f"^{flag} {re.escape(str(path))}: not valid JSON"):
+            publish_cell(**files, params=PARAMS, out_dir=tmp_path / "out", root=tmp_path)
+
+
+def test_publishing_again_replaces_the_cell(tmp_path):
+    files = finished_cell(tmp_path)
+    out = tmp_path / "out"
+    publish_cell(**files, params=PARAMS, out_dir=out, root=tmp_path)
+    files["curve"].write_text("step\tloss\n1\t80\n")
+    publish_cell(**files, params=PARAMS, out_dir=out, root=tmp_path)
+    assert (out / "curve.tsv").read_text() == "step\tloss\n1\t80\n"
+
+
+def test_the_publication_time_is_utc_whatever_the_local_zone(tmp_path, monkeypatch):
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # UTC+14: a local clock is a day ahead
+    time.tzset()
+    try:
+        before = datetime.now(timezone.utc).replace(microsecond=0, tzinfo=None)
+        prov = publish_cell(**finished_cell(tmp_path), params=PARAMS, out_dir=tmp_path / "o")
+        after = datetime.now(timezone.utc).replace(microsecond=0, tzinfo=None)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    stamp = datetime.strptime(prov["published_utc"], "%Y-%m-%dT%H:%M:%SZ")
+    assert before <= stamp <= after
 
 
 def test_publish_cell_names_its_nll_file(tmp_path):
