@@ -26,6 +26,7 @@ from larsvae.checkpoint import (
     is_lars,
     load_checkpoint,
     load_model,
+    model_from_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
@@ -215,6 +216,14 @@ def test_a_posthoc_checkpoint_is_a_gaussian_model_with_an_acceptance(tmp_path):
     assert set(loaded.state_dict()) == set(model.state_dict())
 
 
+def test_models_load_on_the_device_asked_for(tmp_path):
+    path, _ = saved(tmp_path)
+    model, _ = load_model(path, device="meta")  # a device without storage
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    cpu = model_from_checkpoint(load_checkpoint(path), path)  # the default is the CPU
+    assert {p.device.type for p in cpu.parameters()} == {"cpu"} and not cpu.training
+
+
 def test_weights_of_another_size_than_the_meta_describes_are_refused(tmp_path):
     path, model = saved(tmp_path)
     ckpt = load_checkpoint(path)
@@ -232,8 +241,15 @@ def test_weights_of_the_right_size_but_wrong_names_are_refused(tmp_path):
     renamed = {"x" + k: v for k, v in ckpt["model"].items()}
     path2 = tmp_path / "renamed.pt"
     save_checkpoint({**ckpt, "model": renamed}, path2)
-    with pytest.raises(CheckpointError, match="does not match the model it describes"):
+    where = re.escape(str(path2))
+    with pytest.raises(CheckpointError, match=f"^checkpoint {where}: does not match the model"):
         load_model(path2)
+    bigger = tmp_path / "bigger.pt"
+    meta = {**META, "model_config": {**META["model_config"], "hidden": 9}}
+    save_checkpoint({**ckpt, "meta": meta}, bigger)
+    where = re.escape(str(bigger))
+    with pytest.raises(CheckpointError, match=f"^checkpoint {where}: its meta describes a model"):
+        load_model(bigger)
 
 
 @pytest.mark.parametrize(

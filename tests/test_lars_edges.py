@@ -78,6 +78,15 @@ def test_hyperparameters_out_of_bounds_are_refused(kwargs, name):
         ResampledPrior(StandardNormal(2), AcceptanceMLP(2, (4,)), **kwargs)
 
 
+def test_log_z_follows_the_device_in_float64():
+    """.to(device) moves the Z estimate with the module; .half() does not round it."""
+    prior = prior_with(0.0, 10, -0.125)
+    prior.half()
+    assert prior.log_z.dtype == torch.float64 and prior.log_z.item() == -0.125
+    prior.to("meta")  # a device without storage: no accelerator needed
+    assert prior.log_z.device.type == "meta" and prior.log_z.dtype == torch.float64
+
+
 def test_z_of_one_and_of_zero_can_be_installed():
     p = prior_with(0.0, 10, 0.0)
     assert p.z == 1.0 and bool(p.log_z_initialised)

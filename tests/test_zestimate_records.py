@@ -133,6 +133,13 @@ def test_merge_refuses_shards_that_differ_in_one_run_key(key, value):
         ZEstimate.merge([a, b])
 
 
+def test_merge_of_one_shard_is_that_shard():
+    one = ZEstimate(
+        (partial(0, [0.1, 0.2]),), seed=9, batch_size=2, num_samples=2, antithetic=False
+    )
+    assert ZEstimate.merge([one]) == one
+
+
 def test_merge_of_nothing_is_refused():
     with pytest.raises(ValueError, match="at least one"):
         ZEstimate.merge([])
