@@ -217,6 +217,7 @@ def test_nll_summary_uses_the_paper_k_and_the_given_generator(vae):
     s = nll_summary(vae, x, seed=3)
     assert s.k == 1000 and s.n == 2
     assert torch.equal(s.log_px, iwae_log_likelihood(vae, x, k=1000, seed=3))
+    assert torch.equal(s.log_px, iwae_log_likelihood(vae, x, seed=3))  # K = 1000 there too
     g = nll_summary(vae, x, k=4, generator=torch.Generator().manual_seed(5))
     assert g.k == 4 and torch.equal(g.log_px, nll_summary(vae, x, k=4, seed=5).log_px)
     assert g.nll == pytest.approx(-float(g.log_px.mean()), rel=1e-15)
