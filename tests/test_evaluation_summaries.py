@@ -221,3 +221,19 @@ def test_nll_summary_uses_the_paper_k_and_the_given_generator(vae):
     g = nll_summary(vae, x, k=4, generator=torch.Generator().manual_seed(5))
     assert g.k == 4 and torch.equal(g.log_px, nll_summary(vae, x, k=4, seed=5).log_px)
     assert g.nll == pytest.approx(-float(g.log_px.mean()), rel=1e-15)
+
+
+class PriorIsPosterior(torch.nn.Module):
+    """A model without a single tensor: q(z|x) = p(z) = N(0, 1) and p(x|z) = 1, so every
+    log weight is 0 and log p(x) = 0 exactly; its dtype and device are those of x."""
+
+    num_layers, latent_dim = 1, 1
+
+    def log_weights(self, x, k, generator=None, *, noise=None):
+        return torch.zeros(x.shape[0], noise.shape[2], dtype=noise.dtype)
+
+
+def test_iwae_of_a_model_without_tensors_follows_the_data():
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    ll = iwae_log_likelihood(PriorIsPosterior(), x, k=5, seed=0)
+    assert torch.equal(ll, torch.zeros(3, dtype=torch.float64))
