@@ -17,13 +17,14 @@ from larsvae.evaluation import (
     CPU_CALL_ROWS,
     MIN_DEVICE_ROWS,
     ELBOSummary,
+    dlogp_dlogz,
     iwae_log_likelihood,
     iwae_tiles,
     nll_summary,
     nll_z_error,
     summarise_nll,
 )
-from larsvae.models import VAE
+from larsvae.models import VAE, build_model
 
 LOG_PX = torch.tensor([-1.0, -2.0, -4.0], dtype=torch.float64)
 
@@ -237,3 +238,32 @@ def test_iwae_of_a_model_without_tensors_follows_the_data():
     x = torch.zeros(3, 2, dtype=torch.float64)
     ll = iwae_log_likelihood(PriorIsPosterior(), x, k=5, seed=0)
     assert torch.equal(ll, torch.zeros(3, dtype=torch.float64))
+
+
+def test_data_are_cast_to_the_model_dtype():
+    torch.manual_seed(0)
+    vae64 = VAE(StandardNormal(2), ModelConfig(latent_dim=2, hidden=8)).double()
+    x = (torch.rand(2, 784) < 0.3).float()
+    assert torch.equal(
+        iwae_log_likelihood(vae64, x, k=3, seed=2),
+        iwae_log_likelihood(vae64, x.double(), k=3, seed=2),
+    )
+
+
+def test_z_sensitivity_is_accumulated_in_float64():
+    """d log p(x) / d log Z of a LARS VAE (T = 5) by hand: self-normalised weights of the same
+    noise times dlogp_dlogz, in float64; the estimator's agrees to float64 rounding."""
+    cfg = ModelConfig(latent_dim=2, hidden=8, acceptance_hidden=(4,), truncation=5)
+    torch.manual_seed(0)
+    model = build_model("vae", "lars", cfg).double()
+    model.top_prior.set_log_z(math.log(0.3))
+    x = (torch.rand(3, 784, generator=torch.Generator().manual_seed(1)) < 0.3).double()
+    s = nll_summary(model, x, k=7, seed=4)
+    noise = torch.randn(
+        (3, 1, 7, 2), generator=torch.Generator().manual_seed(4), dtype=torch.float64
+    )
+    with torch.no_grad():
+        log_w, z_top = model.log_weights(x, 7, return_top_latent=True, noise=noise)
+        g = dlogp_dlogz(model.top_prior, z_top.reshape(-1, 2)).view(3, 7)
+    sens = (torch.softmax(log_w.double(), 1) * g).sum(1)
+    assert s.dnll_dlogz == pytest.approx(-float(sens.mean()), rel=1e-13)
