@@ -250,7 +250,8 @@ def test_data_are_cast_to_the_model_dtype():
     )
 
 
-def test_z_sensitivity_is_accumulated_in_float64():
+@pytest.mark.parametrize("k", [7, 600])  # 600: one image per tile of 1024 pairs
+def test_z_sensitivity_is_accumulated_in_float64(k):
     """d log p(x) / d log Z of a LARS VAE (T = 5) by hand: self-normalised weights of the same
     noise times dlogp_dlogz, in float64; the estimator's agrees to float64 rounding."""
     cfg = ModelConfig(latent_dim=2, hidden=8, acceptance_hidden=(4,), truncation=5)
@@ -258,12 +259,12 @@ def test_z_sensitivity_is_accumulated_in_float64():
     model = build_model("vae", "lars", cfg).double()
     model.top_prior.set_log_z(math.log(0.3))
     x = (torch.rand(3, 784, generator=torch.Generator().manual_seed(1)) < 0.3).double()
-    s = nll_summary(model, x, k=7, seed=4)
+    s = nll_summary(model, x, k=k, seed=4)
     noise = torch.randn(
-        (3, 1, 7, 2), generator=torch.Generator().manual_seed(4), dtype=torch.float64
+        (3, 1, k, 2), generator=torch.Generator().manual_seed(4), dtype=torch.float64
     )
     with torch.no_grad():
-        log_w, z_top = model.log_weights(x, 7, return_top_latent=True, noise=noise)
-        g = dlogp_dlogz(model.top_prior, z_top.reshape(-1, 2)).view(3, 7)
+        log_w, z_top = model.log_weights(x, k, return_top_latent=True, noise=noise)
+        g = dlogp_dlogz(model.top_prior, z_top.reshape(-1, 2)).view(3, k)
     sens = (torch.softmax(log_w.double(), 1) * g).sum(1)
     assert s.dnll_dlogz == pytest.approx(-float(sens.mean()), rel=1e-13)
