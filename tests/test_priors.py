@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import plan
 import pytest
 import torch
 from _helpers import grid_1d, grid_2d, strong_acceptance
@@ -104,8 +105,8 @@ def test_existing_priors_read_the_same_keys(prior, arch):
     if arch in C.OUTPUT_LARS_ARCHS:
         want += tuple(k for k in C.OUTPUT_LARS_KEYS if k not in want)
     assert C.model_keys(prior, arch) == want
-    assert C.step_keys("train", prior, arch)["model"] == want
-    assert C.step_keys("train_posthoc", prior, arch)["model"] == EXISTING_MODEL_KEYS["lars"]
+    assert plan.step_keys("train", prior, arch)["model"] == want
+    assert plan.step_keys("train_posthoc", prior, arch)["model"] == EXISTING_MODEL_KEYS["lars"]
     assert C.has_z(prior, arch) == (prior in ("lars", "lars_realnvp") or arch == "vae_rx")
 
 
