@@ -244,21 +244,22 @@ def test_impossible_z_is_named(mean, words):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"batch_size": 0}, "batch_size"),
-        ({"batch_size": True}, "batch_size"),
-        ({"num_samples": True}, "num_samples"),
-        ({"seed": -1}, "seed"),
-        ({"seed": 1.0}, "seed"),
-        ({"num_shards": True}, "num_shards"),
-        ({"shard": -1}, "shard"),
-        ({"shard": True}, "shard"),
-        ({"shard": 1.0}, "shard"),
-        ({"num_samples": 11}, "even"),
+        ({"batch_size": 0}, "batch_size: expected an integer >= 1"),
+        ({"batch_size": True}, "batch_size: expected an integer >= 1"),
+        ({"num_samples": True}, "num_samples: expected an integer >= 1"),
+        ({"num_samples": 0}, "num_samples: expected an integer >= 1"),
+        ({"seed": -1}, "seed: expected an integer >= 0"),
+        ({"seed": 1.0}, "seed: expected an integer >= 0"),
+        ({"num_shards": True}, "num_shards: expected an integer >= 1"),
+        ({"shard": -1}, "shard: expected an integer in"),
+        ({"shard": True, "num_shards": 3}, "shard: expected an integer in"),
+        ({"shard": 1.0, "num_shards": 3}, "shard: expected an integer in"),
+        ({"num_samples": 11}, "batch_size and num_samples must be even"),
     ],
 )
 def test_estimate_z_refuses_arguments(kwargs, match):
     args = {"num_samples": 10, "batch_size": 4, **kwargs}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"^{re.escape(match)}"):
         estimate_z(AcceptanceMLP(2, hidden=(4,)), StandardNormal(2), **args)
 
 
