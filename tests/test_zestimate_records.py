@@ -10,6 +10,7 @@ import math
 import re
 
 import pytest
+import torch
 
 from larsvae.distributions import AcceptanceMLP, StandardNormal
 from larsvae.utils import UserError, file_sha256
@@ -261,6 +262,19 @@ def test_estimate_z_refuses_arguments(kwargs, match):
     args = {"num_samples": 10, "batch_size": 4, **kwargs}
     with pytest.raises(ValueError, match=f"^{re.escape(match)}"):
         estimate_z(AcceptanceMLP(2, hidden=(4,)), StandardNormal(2), **args)
+
+
+class PlainNormal(torch.nn.Module):
+    """A proposal that has ``sample`` and says nothing about its symmetry."""
+
+    def sample(self, n, generator=None):
+        return torch.randn(n, 2, generator=generator)
+
+
+def test_a_proposal_that_does_not_say_it_is_symmetric_gets_plain_monte_carlo():
+    with pytest.warns(UserWarning, match="needs a symmetric proposal"):
+        est = estimate_z(AcceptanceMLP(2, hidden=(4,)), PlainNormal(), 10, 4, antithetic=True)
+    assert not est.antithetic and est.n == 10
 
 
 def test_smallest_arguments_are_accepted():
