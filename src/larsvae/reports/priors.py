@@ -465,40 +465,53 @@ def render(spec: dict[str, Any], rows: dict[tuple[str, str], list[Row]], root: P
     return "\n".join(out + NOTES)
 
 
+#: NLL more than this many nats above N(0, I)'s is drawn at the top edge, off scale
+OFF_SCALE = 8.0
+
+
+def _panel(ax, pts, attr: str, std: Row | None) -> None:
+    """One panel: each prior's NLL (± sd over seeds) against ``attr``; priors worse than
+    N(0, I) by more than OFF_SCALE nats sit at the top edge as a labelled triangle."""
+    ref = std.cell.nll if std is not None and std.ran else None
+    top = None if ref is None else ref + OFF_SCALE
+    for i, x in enumerate(pts):
+        colour, nll, sd = f"C{i % 10}", x.cell.nll, x.cell.nll_sd or 0.0
+        if top is not None and nll > top:
+            ax.plot(
+                getattr(x, attr), top, "^", color=colour, label=f"{x.label} ({nll:.1f}, off scale)"
+            )
+        else:
+            ax.errorbar(
+                getattr(x, attr), nll, yerr=sd, fmt="o", capsize=3, color=colour, label=x.label
+            )
+    if ref is not None:
+        ax.axhline(ref, ls="--", lw=0.8, color="grey")
+        low = min([x.cell.nll for x in pts] + [ref])
+        ax.set_ylim(low - 1.0, top + 0.5)
+
+
 def plot(rows: dict[tuple[str, str], list[Row]], out: Path | str) -> None:
     """NLL (mean ± sd over seeds) against the prior's parameter count and its sampling time,
-    one row of two panels per (dataset, arch); N(0, I) as a dashed line."""
+    one row of two panels per (dataset, arch); N(0, I) as a dashed line, one legend."""
     import matplotlib  # loaded when a figure is drawn: the workflow imports this module
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups = list(rows.items()) or [(("", ""), [])]
-    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 4.2 * len(groups)), squeeze=False)
-    for (ds, arch), (ax_p, ax_t) in zip([g[0] for g in groups], axes, strict=True):
-        group = dict(groups)[ds, arch]
+    fig, axes = plt.subplots(len(groups), 2, figsize=(13, 4.6 * len(groups)), squeeze=False)
+    for ((ds, arch), group), (ax_p, ax_t) in zip(groups, axes, strict=True):
         name = f"{DATASET_LABELS.get(ds, ds)} {ARCH_LABELS.get(arch, arch)}".strip()
+        std = group[0] if group else None
         for ax, attr, xlabel in (
             (ax_p, "params", "prior parameters (symlog scale)"),
             (ax_t, "sample_s", f"seconds to draw {SAMPLES:,} exact samples (one thread)"),
         ):
             pts = [x for x in group if x.ran and getattr(x, attr) is not None]
-            for x in pts:
-                sd = x.cell.nll_sd or 0.0
-                ax.errorbar(getattr(x, attr), x.cell.nll, yerr=sd, fmt="o", capsize=3)
-                ax.annotate(
-                    x.label,
-                    (getattr(x, attr), x.cell.nll),
-                    fontsize=7,
-                    xytext=(4, 3),
-                    textcoords="offset points",
-                )
-            std = group[0] if group else None
-            if std is not None and std.ran:
-                ax.axhline(std.cell.nll, ls="--", lw=0.8, color="grey", label="N(0, I)")
-                ax.legend(loc="upper right", fontsize=8)
+            _panel(ax, pts, attr, std)
             if attr == "params":
                 ax.set_xscale("symlog", linthresh=10)
+                ax.set_xlim(left=-1)
             elif pts and all(getattr(x, attr) > 0 for x in pts):
                 ax.set_xscale("log")
             if not pts:
@@ -511,8 +524,11 @@ def plot(rows: dict[tuple[str, str], list[Row]], out: Path | str) -> None:
                     transform=ax.transAxes,
                 )
             ax.set_xlabel(xlabel)
-            ax.set_ylabel("test NLL (nats, IWAE)")
+            ax.set_ylabel("test NLL (nats, IWAE); dashed: N(0, I)")
             ax.set_title(f"{name}: NLL vs {'parameters' if attr == 'params' else 'sampling'}")
+        handles, labels = ax_t.get_legend_handles_labels()
+        if handles:
+            ax_t.legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     fig.tight_layout()
     with open(out, "wb") as fh:
         fig.savefig(fh, format="png", dpi=110)
