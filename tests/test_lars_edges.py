@@ -6,6 +6,7 @@ the acceptance network against the module itself."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -163,6 +164,51 @@ def test_a_row_in_progress_carries_over_into_the_next_block():
     z, counts = prior.sample(3, gen, return_num_proposals=True, max_block=3)
     assert counts.tolist() == [5, 5, 5] and set(prior.proposal.sizes) == {3}
     assert sum(prior.proposal.sizes) == 15
+
+
+def test_the_sampler_is_rejection_sampling_on_one_stream_with_float64_uniforms():
+    """Z = 1/2 (a = 1/2 everywhere), T = inf, 50 rows: one block of ceil(50 x 2 x 1.02) + 16
+    = 118 proposals, then 118 float64 uniforms from the same generator; row r ends at the
+    r-th proposal whose uniform is below 1/2."""
+    prior = prior_with(0.0, None, math.log(0.5))
+    z, counts = prior.sample(50, torch.Generator().manual_seed(0), return_num_proposals=True)
+    gen = torch.Generator().manual_seed(0)
+    cand = torch.randn(118, 1, generator=gen)
+    ends = (torch.rand(118, dtype=torch.float64, generator=gen) < 0.5).nonzero().squeeze(1)
+    assert ends.numel() >= 50 and prior.proposal.sizes == [118]
+    assert torch.equal(z, cand[ends[:50]])
+    assert counts.tolist() == torch.diff(ends[:50], prepend=torch.tensor([-1])).tolist()
+
+
+# -- Algorithm 1 when a per-example Z exceeds 1 --------------------------------------------
+
+
+def one_step(truncation, log_w: float):
+    """One training step of a prior with a = 1 (Z_S = 1 exactly), eps = 1 (the smoothed Z is
+    the current one) and S = 4: importance weight w = exp(log_w) gives
+    Z_r,curr = (4 x 1 + w x 1) / 5. Returns the RuntimeWarnings it raised."""
+    prior = ResampledPrior(StandardNormal(1), ConstantAcceptance(200.0), truncation, 1.0, 4)
+    z = torch.zeros(2, 1)
+    log_q = prior.proposal.log_prob(z) - log_w
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prior.train_log_prob(z, log_q, generator=torch.Generator().manual_seed(0))
+    return prior, [w for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_per_example_z_above_one_is_reported_for_finite_truncation():
+    """w = 3: Z_r = 7/5 > 1, log Z_r = 0.34 (also below 1): Eq. A.14 is evaluated at Z = 1."""
+    prior, caught = one_step(10, math.log(3.0))
+    assert len(caught) == 1 and "exceed 1" in str(caught[0].message)
+    assert float(prior.last_log_z_s) == 0.0  # log Z_S, a = 1
+    smooth = prior.last_log_z_smooth
+    assert smooth.shape == (2,) and torch.allclose(smooth, torch.full((2,), math.log(1.4)).double())
+
+
+def test_no_report_for_z_of_exactly_one_or_for_infinite_truncation():
+    """w = 1: Z_r = 1 exactly (log 0), a possible Z; T = inf: Eq. A.7 has no (1 - Z)^(T-1)."""
+    assert one_step(10, 0.0)[1] == []
+    assert one_step(None, math.log(3.0))[1] == []
 
 
 # -- logits of the acceptance network ------------------------------------------------------
