@@ -250,6 +250,19 @@ def test_fused_logits_reuse_and_grow_their_buffers():
     torch.testing.assert_close(d, torch.cat([reference(acc, z), reference(acc, -z)]))
 
 
+def test_fused_buffers_grow_with_the_rows_not_the_width():
+    """Width 16 > 10 rows: a buffer of 3 rows must still be replaced for 10 (torch would
+    otherwise resize the too-small out= view, with a deprecation warning)."""
+    torch.manual_seed(0)
+    acc = AcceptanceMLP(2, (16, 16)).double()
+    ev = _acceptance_logits(acc)
+    z = torch.randn(10, 2, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ev(z[:3])
+        torch.testing.assert_close(ev(z), reference(acc, z), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "make",
     [
