@@ -476,13 +476,14 @@ def _panel(ax, pts, attr: str, std: Row | None) -> None:
     top = None if ref is None else ref + OFF_SCALE
     for i, x in enumerate(pts):
         colour, nll, sd = f"C{i % 10}", x.cell.nll, x.cell.nll_sd or 0.0
+        marker = "os"[i // 10 % 2]  # ten colours, then the same colours as squares
         if top is not None and nll > top:
             ax.plot(
                 getattr(x, attr), top, "^", color=colour, label=f"{x.label} ({nll:.1f}, off scale)"
             )
         else:
             ax.errorbar(
-                getattr(x, attr), nll, yerr=sd, fmt="o", capsize=3, color=colour, label=x.label
+                getattr(x, attr), nll, yerr=sd, fmt=marker, capsize=3, color=colour, label=x.label
             )
     if ref is not None:
         ax.axhline(ref, ls="--", lw=0.8, color="grey")
@@ -511,7 +512,7 @@ def plot(rows: dict[tuple[str, str], list[Row]], out: Path | str) -> None:
             _panel(ax, pts, attr, std)
             if attr == "params":
                 ax.set_xscale("symlog", linthresh=10)
-                ax.set_xlim(left=-1)
+                ax.set_xlim(-1, 3 * max([x.params for x in pts] + [10]))
             elif pts and all(getattr(x, attr) > 0 for x in pts):
                 ax.set_xscale("log")
             if not pts:
