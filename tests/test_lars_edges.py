@@ -19,6 +19,7 @@ from larsvae.distributions.lars import (
     _FusedMLPLogits,
     chunk_rows,
     default_max_block,
+    lars_log_density,
 )
 
 
@@ -107,6 +108,17 @@ def test_expected_proposals_at_z_one_and_by_hand():
     # Z = 1/2, T = 3: (1 - (1/2)^3) / (1/2) = 7/4
     assert prior_with(0.0, 3, math.log(0.5)).expected_num_proposals() == pytest.approx(1.75)
     assert prior_with(0.0, None, math.log(0.5)).expected_num_proposals() == 2.0
+
+
+@pytest.mark.parametrize("truncation", [None, 10])
+def test_a_python_float_log_z_is_used_in_float64(truncation):
+    """All Z arithmetic is float64 (the module docstring), also for log Z given as a float:
+    -0.1234567890123 has no float32 twin, so a float32 log Z would change the density."""
+    log_pi = torch.zeros(3, dtype=torch.float64)
+    log_a = torch.tensor([-0.1, -1.0, -3.0], dtype=torch.float64)
+    log_z = -0.1234567890123
+    want = lars_log_density(log_pi, log_a, torch.tensor(log_z, dtype=torch.float64), truncation)
+    assert torch.equal(lars_log_density(log_pi, log_a, log_z, truncation), want)
 
 
 def test_default_blocks_and_chunks_per_device():
