@@ -56,6 +56,32 @@ def prior_with(logit: float, truncation, log_z: float | None) -> ResampledPrior:
 # -- hyper-parameters ----------------------------------------------------------------------
 
 
+def test_defaults_are_the_papers():
+    """T = 100, S = 1024 proposals per step for Z, eps = 0.1 (Appendix C.2 / Algorithm 1);
+    no Z estimate and no diagnostics before the first step."""
+    p = ResampledPrior(StandardNormal(2), AcceptanceMLP(2, (4,)))
+    assert (p.truncation, p.num_z_samples, p.eps) == (100, 1024, 0.1)
+    assert not bool(p.log_z_initialised) and p.last_log_z_s is None
+    assert p.last_log_z_smooth is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"dim": 0}, "dim"),
+        ({"dim": 2.0}, "dim"),
+        ({"dim": True}, "dim"),
+        ({"dim": "2"}, "dim"),
+        ({"dim": 2, "hidden": (0,)}, "hidden"),
+        ({"dim": 2, "hidden": (4, 2.0)}, "hidden"),
+        ({"dim": 2, "hidden": (True,)}, "hidden"),
+    ],
+)
+def test_acceptance_mlp_refuses_sizes_that_are_not_positive_integers(kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name}: expected (a )?positive"):
+        AcceptanceMLP(**kwargs)
+
+
 def test_hyperparameter_boundaries_are_accepted():
     for kw in ({"truncation": 1}, {"truncation": None}, {"eps": 1.0}, {"eps": 1e-12}):
         ResampledPrior(StandardNormal(2), AcceptanceMLP(2, (4,)), **kw)
