@@ -82,6 +82,12 @@ def test_acceptance_mlp_refuses_sizes_that_are_not_positive_integers(kwargs, nam
         AcceptanceMLP(**kwargs)
 
 
+def test_acceptance_mlp_of_the_smallest_sizes():
+    acc = AcceptanceMLP(1, (1, 1))
+    assert acc.dim == 1 and [m.out_features for m in acc.net[0::2]] == [1, 1, 1]
+    assert acc(torch.zeros(5, 1)).shape == (5,)
+
+
 def test_hyperparameter_boundaries_are_accepted():
     for kw in ({"truncation": 1}, {"truncation": None}, {"eps": 1.0}, {"eps": 1e-12}):
         ResampledPrior(StandardNormal(2), AcceptanceMLP(2, (4,)), **kw)
