@@ -268,3 +268,22 @@ def test_z_sensitivity_is_accumulated_in_float64(k):
         g = dlogp_dlogz(model.top_prior, z_top.reshape(-1, 2)).view(3, k)
     sens = (torch.softmax(log_w.double(), 1) * g).sum(1)
     assert s.dnll_dlogz == pytest.approx(-float(sens.mean()), rel=1e-13)
+
+
+class Float64Weights(torch.nn.Module):
+    """A float64 model that uses x as it comes (a float32 x would not multiply its buffer)."""
+
+    num_layers, latent_dim = 1, 1
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("w", torch.full((2, 1), 0.5, dtype=torch.float64))
+
+    def log_weights(self, x, k, generator=None, *, noise=None):
+        return (x @ self.w).expand(-1, noise.shape[2]) + noise[:, 0, :, 0]
+
+
+def test_iwae_hands_the_data_over_in_the_model_dtype():
+    x = torch.tensor([[1.0, 3.0], [0.0, -2.0]])  # float32
+    ll = iwae_log_likelihood(Float64Weights(), x, k=4, seed=0)
+    assert torch.equal(ll, iwae_log_likelihood(Float64Weights(), x.double(), k=4, seed=0))
