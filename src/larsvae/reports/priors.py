@@ -440,7 +440,7 @@ NOTES = [
     "the plain rate: at the plain rate the flows' posteriors collapsed onto the prior "
     "(reports/flow_collapse.md). The VampPrior's posterior collapses at this schedule (test "
     "KL about half N(0, I)'s); its pseudo-inputs under the same warm-up rule collapsed just "
-    "the same (KL 2.9 nats at step 200 either way), so its cause is another one: not yet "
+    "the same (KL 2.9 nats at step 200, 2.8 at the plain rate), so its cause is another one: not yet "
     "found.",
     "",
 ]
