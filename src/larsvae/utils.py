@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import io
 import itertools
 import json
 import os
@@ -115,12 +114,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through :func:`atomic_write` (serialised in memory first)."""
+    """``torch.save`` through :func:`atomic_write`, streamed to the temporary file: no
+    in-memory copy of the checkpoint (a training checkpoint is weights and both Adam
+    moments, three times the model), so saving adds nothing to the step's peak memory."""
     import torch  # loaded late: the CLI answers argument errors without torch
 
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def derive_seed(*parts: int) -> int:
