@@ -126,6 +126,14 @@ class VampPrior(Prior):
             K = 500).
         data_dim: size of one flattened input (784 for 28x28 images).
         encoder: optional x (K, data_dim) -> (mean (K, D), log_std (K, D)).
+        encoder_gradient: whether the encoder's weights receive gradients through the
+            prior's components (Tomczak & Welling: yes, the default). With ``False``,
+            :func:`larsvae.models.build_model` binds the encoder with its weights detached
+            in the components: the pseudo-inputs still learn through them, and the
+            encoder learns only through q(z | x). The density is the same; only the
+            training gradient differs. Under a short KL warm-up the coupled gradient
+            collapses the posterior (the components are as narrow as the posteriors,
+            so p(z) penalises every offset between them): reports/flow_collapse.md.
     """
 
     def __init__(
@@ -134,6 +142,7 @@ class VampPrior(Prior):
         num_components: int = 500,
         data_dim: int = 784,
         encoder: Encoder | None = None,
+        encoder_gradient: bool = True,
     ):
         super().__init__(dim)
         for name, v in (("num_components", num_components), ("data_dim", data_dim)):
@@ -141,6 +150,7 @@ class VampPrior(Prior):
                 raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
         self.num_components = num_components
         self.data_dim = data_dim
+        self.encoder_gradient = bool(encoder_gradient)
         w = math.log(0.05 / 0.95) + 0.2 * torch.randn(num_components, data_dim)
         self.pseudo_logits = nn.Parameter(w)
         self.bind_encoder(encoder)
@@ -187,7 +197,8 @@ class VampPrior(Prior):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_components={self.num_components}, data_dim={self.data_dim}, "
-            f"encoder_bound={self._encoder is not None}"
+            f"encoder_bound={self._encoder is not None}, "
+            f"encoder_gradient={self.encoder_gradient}"
         )
 
 

@@ -33,9 +33,44 @@ def build_model(arch: str, prior: str, cfg: ModelConfig) -> LatentVariableModel:
     if arch not in ARCHITECTURES:  # ARCHS and ARCHITECTURES must agree
         raise ConfigError(f"arch: {arch!r} has no implementation")
     model = ARCHITECTURES[arch](build_prior(prior, cfg.latent_dim, cfg), cfg)
-    if hasattr(model.top_prior, "bind_encoder"):  # the VampPrior: q(z_top | u_k)
-        model.top_prior.bind_encoder(functools.partial(top_posterior, model))
+    bind_prior_encoder(model)
     return model
+
+
+def bind_prior_encoder(model: LatentVariableModel) -> None:
+    """A prior built on the model's encoder (the VampPrior: q(z_top | u_k)) gets it bound:
+    ``top_posterior``, or with ``encoder_gradient=False`` the same with the encoder's
+    weights detached. A partial of a module-level function: ``copy.deepcopy`` of the model
+    rebinds it to the copy. Other priors: nothing to do."""
+    prior = model.top_prior
+    if hasattr(prior, "bind_encoder"):
+        encoder = top_posterior if prior.encoder_gradient else _top_posterior_fixed
+        prior.bind_encoder(functools.partial(encoder, model))
+
+
+class _TopPosterior(torch.nn.Module):
+    """``top_posterior(model, x)`` as a module's forward, for ``torch.func.functional_call``
+    (not registered in the model: it only wraps it for one call)."""
+
+    def __init__(self, model: LatentVariableModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return top_posterior(self.model, x)
+
+
+def _top_posterior_fixed(
+    model: LatentVariableModel, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``top_posterior`` with the encoder's weights detached: the same values, gradients
+    reach ``x`` (the VampPrior's pseudo-inputs) but not the weights."""
+    weights = {
+        f"model.{name}": p.detach()
+        for name, p in model.named_parameters()
+        if not name.startswith("top_prior.")
+    }
+    return torch.func.functional_call(_TopPosterior(model), weights, (x,))
 
 
 def top_posterior(model: LatentVariableModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,6 +97,7 @@ def z_holder(model: torch.nn.Module) -> torch.nn.Module:
 
 
 __all__ = [
+    "bind_prior_encoder",
     "top_posterior",
     "z_holder",
     "build_model",
