@@ -470,14 +470,15 @@ def _setup_limit_files(root: Path, f: dict[str, Path]) -> None:
     f["nll_without_nll"].write_text(json.dumps({"dataset": "dynamic_mnist", "arch": "vae"}))
     ck = load_checkpoint(f["lars"])
     payload = {k: v for k, v in ck.items() if k not in ("format", "format_version")}
+    good = ck["meta"].to_dict()
     for name, meta in (
         ("seed_abc", {"seed": "abc"}),
         ("seed_negative", {"seed": -5}),
-        ("meta_hidden_300000", {"model_config": {**ck["meta"]["model_config"], "hidden": 300000}}),
-        ("meta_hidden_90000", {"model_config": {**ck["meta"]["model_config"], "hidden": 90000}}),
+        ("meta_hidden_300000", {"model_config": {**good["model_config"], "hidden": 300000}}),
+        ("meta_hidden_90000", {"model_config": {**good["model_config"], "hidden": 90000}}),
     ):
         f[name] = root / name / "model.pt"
-        save_checkpoint({**payload, "meta": {**ck["meta"], **meta}}, f[name])
+        save_checkpoint({**payload, "meta": {**good, **meta}}, f[name])
 
 
 def bad_input_cases(root: Path, f: dict[str, Path]) -> list[BadInput]:

@@ -1,10 +1,12 @@
 """The checkpoint file format and its checks, rule by rule: every refusal of
-``load_checkpoint`` / ``check_meta`` / ``check_size`` (each file breaks one rule, the
-message names the file and the rule), the RNG state round trip, and the model rebuilt from
-a checkpoint (post-hoc models included) equal to the one saved."""
+``load_checkpoint`` / ``CheckpointMeta.from_dict`` / ``check_cell`` / ``check_size`` (each
+file breaks one rule, the message names the file and the rule), the typed meta written back
+exactly as training writes it, the RNG state round trip, and the model rebuilt from a
+checkpoint (post-hoc models included) equal to the one saved."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 
@@ -17,36 +19,51 @@ from larsvae.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     CheckpointError,
+    CheckpointMeta,
     _one_line,
     build_from_meta,
-    check_meta,
+    check_cell,
     check_size,
     get_rng_state,
-    has_z,
-    is_lars,
     load_checkpoint,
     load_model,
     model_from_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
-from larsvae.config import SEED_MAX, model_config, to_dict
+from larsvae.config import SEED_MAX, TrainConfig, model_config, to_dict
 from larsvae.distributions import ResampledPrior
 
 TINY = {**SMALL_MODEL, "latent_dim": 2, "hidden": 8, "acceptance_hidden": [4]}
+SHA = "ab" * 32
+#: a meta as ``larsvae train`` writes it: every key, in its order
 META = {
     "arch": "vae",
     "prior": "lars",
+    "variant": "base",
     "mode": "standard",
     "dataset": "tiny",
-    "seed": 3,
+    "dataset_sha256": SHA,
     "model_config": to_dict(model_config(TINY)),
+    "seed": 3,
+    "train_config": to_dict(TrainConfig(iterations=7)),
 }
+
+
+#: the order of the meta's keys in a checkpoint: larsvae.steps.train's dict, then train.fit's
+TRAINING_ORDER = (
+    *("arch", "prior", "variant", "mode", "dataset", "dataset_sha256", "model_config", "seed"),
+    *("base_prior", "init_sha256", "flow_lr_warmup", "train_config"),
+)
+
+
+def typed(meta):
+    return CheckpointMeta.from_dict(meta, "m.pt")
 
 
 def saved(tmp_path, meta=META, name="model.pt", **payload):
     """A checkpoint of the model ``meta`` describes (its weights unless ``model`` is given)."""
-    model = build_from_meta(meta)
+    model = build_from_meta(typed(meta))
     path = tmp_path / name
     save_checkpoint(
         {"kind": "final", "meta": meta, "model": model.state_dict(), "step": 7, **payload}, path
@@ -66,7 +83,10 @@ def test_a_saved_checkpoint_loads_with_its_format_fields(tmp_path):
     ckpt = load_checkpoint(path)
     assert ckpt["format"] == FORMAT == "larsvae-checkpoint"
     assert ckpt["format_version"] == FORMAT_VERSION == 1
-    assert ckpt["kind"] == "final" and ckpt["step"] == 7 and ckpt["meta"] == META
+    assert ckpt["kind"] == "final" and ckpt["step"] == 7
+    assert isinstance(ckpt["meta"], CheckpointMeta) and ckpt["meta"].to_dict() == META
+    assert ckpt["meta"].model_config == model_config(TINY)
+    assert ckpt["meta"].train_config == TrainConfig(iterations=7)
 
 
 def test_a_missing_file_is_named(tmp_path):
@@ -119,9 +139,21 @@ def test_each_required_entry_is_named(tmp_path, key):
         ({"seed": 2.0}, ("meta seed = 2.0",)),
         ({"model_config": {**TINY, "hidden": 0}}, ("meta model_config.hidden",)),
         ({"model_config": {**TINY, "width": 3}}, ("meta model_config",)),
+        ({"model_config": None}, ("meta model_config = None is not a dict",)),
+        ({"train_config": None}, ("meta train_config = None is not a dict",)),
+        ({"train_config": {"lr": -1.0}}, ("meta train_config.lr",)),
+        ({"width": 3}, ("meta has unknown key 'width'",)),
+        ({"prior": "gaussian", "mode": "posthoc"}, ("meta prior = 'gaussian' with mode",)),
+        ({"variant": "T 2"}, ("meta variant = 'T 2' is not a variant name",)),
+        ({"variant": None}, ("meta variant = None",)),
+        ({"dataset": 5}, ("meta dataset = 5 is not a dataset name",)),
+        ({"dataset_sha256": "abc"}, ("meta dataset_sha256 = 'abc' is not a sha256",)),
+        ({"init_sha256": SHA.upper()}, ("meta init_sha256",)),
+        ({"base_prior": "gaussian"}, ("meta base_prior = 'gaussian' is not 'gaussian'",)),
+        ({"flow_lr_warmup": False}, ("meta flow_lr_warmup = False is not true",)),
     ],
 )
-def test_check_meta_refuses_each_bad_field(tmp_path, change, words):
+def test_meta_refuses_each_bad_field(tmp_path, change, words):
     path = tmp_path / "bad.pt"
     torch.save(
         {"format": FORMAT, "format_version": 1, "meta": {**META, **change}, "model": {}, "step": 0},
@@ -130,16 +162,66 @@ def test_check_meta_refuses_each_bad_field(tmp_path, change, words):
     refused(path, *words)
 
 
-def test_check_meta_defaults_and_bounds(tmp_path):
+def test_meta_defaults_and_bounds(tmp_path):
+    bare = {k: META[k] for k in ("arch", "prior", "model_config")}
+    meta = typed(bare)  # standard, seed 0, the base variant; no provenance
+    assert (meta.mode, meta.seed, meta.variant, meta.dataset, meta.train_config) == (
+        "standard",
+        0,
+        "base",
+        None,
+        None,
+    )
+    assert meta.to_dict() == {**bare, "variant": "base", "mode": "standard", "seed": 0}
     for meta in (
-        {k: v for k, v in META.items() if k not in ("mode", "seed")},  # standard, seed 0
         {**META, "seed": 0},
         {**META, "seed": SEED_MAX},
-        {**META, "mode": "posthoc", "prior": "gaussian"},
+        {**META, "mode": "posthoc", "base_prior": "gaussian", "init_sha256": SHA},
+        {**META, "variant": "t2", "flow_lr_warmup": True},
     ):
-        check_meta(meta, "m.pt")
+        assert typed(meta).to_dict() == meta
     with pytest.raises(CheckpointError, match="^checkpoint m.pt: meta is not a dict"):
-        check_meta([META], "m.pt")
+        typed([META])
+    with pytest.raises(CheckpointError, match="^checkpoint m.pt: meta has no model_config"):
+        typed({"arch": "vae", "prior": "lars"})
+
+
+@pytest.mark.parametrize("kind", ["joint", "posthoc", "flow"])
+def test_meta_is_written_back_exactly_as_training_writes_it(tmp_path, kind):
+    """The typed meta adds nothing and loses nothing: keys, their order and their values
+    (so a checkpoint written through ``to_dict`` has the bytes it always had)."""
+    meta = {
+        "joint": META,
+        "posthoc": {**META, "mode": "posthoc", "base_prior": "gaussian", "init_sha256": SHA},
+        "flow": {**META, "prior": "realnvp", "flow_lr_warmup": True},
+    }[kind]
+    meta = {k: meta[k] for k in TRAINING_ORDER if k in meta}
+    assert list(typed(meta).to_dict().items()) == list(meta.items())
+    model = build_from_meta(typed(meta))
+    payload = {"kind": "final", "model": model.state_dict(), "step": 0}
+    save_checkpoint({**payload, "meta": meta}, tmp_path / "dict.pt")
+    save_checkpoint({**payload, "meta": typed(meta)}, tmp_path / "typed.pt")
+    assert (tmp_path / "dict.pt").read_bytes() == (tmp_path / "typed.pt").read_bytes()
+
+
+def test_a_checkpoint_in_the_folder_of_another_cell_is_refused(tmp_path):
+    cell = tmp_path / "runs" / "models" / "tiny" / "vae" / "lars" / "standard" / "seed3"
+    cell.mkdir(parents=True)
+    path, _ = saved(cell)
+    assert load_checkpoint(path)["meta"].seed == 3  # its own cell
+    for change, words in (
+        ({"mode": "posthoc", "base_prior": "gaussian"}, "mode = 'posthoc' but it sits in"),
+        ({"variant": "t2"}, "prior = 'lars-t2' but it sits in the folder of prior = 'lars'"),
+        ({"seed": 4}, "seed = '4' but it sits in the folder of seed = '3'"),
+        ({"dataset": "other"}, "dataset = 'other'"),
+    ):
+        path, _ = saved(cell, meta={**META, **change})
+        refused(path, "its meta says", words, "a checkpoint of another cell")
+    check_cell(typed({**META, "seed": 4}), tmp_path / "elsewhere" / "model.pt")  # no cell
+    variant = cell.parent.parent.parent / "lars-t2" / "standard" / "seed3"
+    variant.mkdir(parents=True)
+    path, _ = saved(variant, meta={**META, "variant": "t2"})
+    assert load_checkpoint(path)["meta"].prior_tag == "lars-t2"
 
 
 def test_errors_are_worded_on_one_line():
@@ -207,7 +289,7 @@ def test_load_model_returns_the_saved_weights_in_eval_mode(tmp_path):
 
 def test_a_posthoc_checkpoint_is_a_gaussian_model_with_an_acceptance(tmp_path):
     meta = {**META, "prior": "lars", "mode": "posthoc"}
-    model = build_from_meta(meta)
+    model = build_from_meta(typed(meta))
     assert isinstance(model.top_prior, ResampledPrior)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".acceptance." in n for n in trainable)  # the rest is frozen
@@ -227,7 +309,8 @@ def test_models_load_on_the_device_asked_for(tmp_path):
 def test_weights_of_another_size_than_the_meta_describes_are_refused(tmp_path):
     path, model = saved(tmp_path)
     ckpt = load_checkpoint(path)
-    bigger = {**META, "model_config": {**META["model_config"], "hidden": 9}}
+    mcfg = ckpt["meta"].model_config
+    bigger = dataclasses.replace(ckpt["meta"], model_config=dataclasses.replace(mcfg, hidden=9))
     with pytest.raises(CheckpointError, match=r"describes a model of [\d,]+ numbers but the file"):
         check_size({**ckpt, "meta": bigger}, path)
     with pytest.raises(CheckpointError, match="'model' entry is not a state dict"):
@@ -257,11 +340,12 @@ def test_weights_of_the_right_size_but_wrong_names_are_refused(tmp_path):
     [
         ({"prior": "lars", "arch": "vae"}, True, True),
         ({"prior": "trs", "arch": "vae"}, True, True),
-        ({"prior": "gaussian", "arch": "vae", "mode": "posthoc"}, True, True),
+        ({"prior": "lars", "arch": "vae", "mode": "posthoc"}, True, True),
         ({"prior": "gaussian", "arch": "vae", "mode": "standard"}, False, False),
         ({"prior": "gaussian", "arch": "vae_rx"}, False, True),
         ({"prior": "realnvp", "arch": "hvae"}, False, False),
     ],
 )
 def test_which_checkpoints_hold_a_lars_prior_or_a_z(meta, lars, z):
-    assert is_lars(meta) is lars and has_z(meta) is z
+    meta = typed({**meta, "model_config": META["model_config"]})
+    assert meta.is_lars is lars and meta.has_z is z

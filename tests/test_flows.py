@@ -21,6 +21,7 @@ import pytest
 import torch
 from scipy import stats
 
+from larsvae.checkpoint import CheckpointMeta
 from larsvae.config import PRIORS, ConfigError, ModelConfig, TrainConfig
 from larsvae.data import BatchStream, load, load_manifest, train_stream
 from larsvae.distributions import (
@@ -305,7 +306,8 @@ def test_fit_is_adam_with_the_flow_learning_rate_times_beta(prior, tmp_path):
     flow priors the flow's parameters take steps of lr * beta."""
     stream = _tiny_stream()
     fitted = _tiny_model(prior)
-    fit(fitted, stream, WARM, tmp_path / "model.pt", seed=3, progress=False)
+    meta = CheckpointMeta("vae", prior, TINY)
+    fit(fitted, stream, WARM, tmp_path / "model.pt", seed=3, meta=meta, progress=False)
 
     model = _tiny_model(prior)
     flow = {id(p) for p in warmup_parameters(model)}
@@ -344,7 +346,8 @@ def test_the_kl_warmup_slows_the_flow(prior, tmp_path):
     model = _tiny_model(prior)
     flow = {id(p) for p in warmup_parameters(model)}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    fit(model, _tiny_stream(), WARM, tmp_path / "model.pt", seed=3, progress=False)
+    meta = CheckpointMeta("vae", prior, TINY)
+    fit(model, _tiny_stream(), WARM, tmp_path / "model.pt", seed=3, meta=meta, progress=False)
     moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()}
     in_flow = max(moved[n] for n, p in model.named_parameters() if id(p) in flow)
     elsewhere = max(moved[n] for n, p in model.named_parameters() if id(p) not in flow)
@@ -378,7 +381,8 @@ def test_realnvp_prior_does_not_collapse_the_posterior_on_dynamic_mnist(tmp_path
     )
     torch.manual_seed(1)
     model = build_model("vae", "realnvp", ModelConfig())
-    fit(model, stream, cfg, tmp_path / "model.pt", seed=1, progress=False)
+    meta = CheckpointMeta("vae", "realnvp", ModelConfig())
+    fit(model, stream, cfg, tmp_path / "model.pt", seed=1, meta=meta, progress=False)
     last = (tmp_path / "curve.tsv").read_text().splitlines()
     header, row = last[0].split("\t"), last[-1].split("\t")
     r = dict(zip(header, map(float, row), strict=True))

@@ -107,13 +107,15 @@ def test_existing_priors_read_the_same_keys(prior, arch):
     assert C.model_keys(prior, arch) == want
     assert plan.step_keys("train", prior, arch)["model"] == want
     assert plan.step_keys("train_posthoc", prior, arch)["model"] == EXISTING_MODEL_KEYS["lars"]
-    assert C.has_z(prior, arch) == (prior in ("lars", "lars_realnvp") or arch == "vae_rx")
+    assert C.has_z(prior, arch, "standard") == (
+        prior in ("lars", "lars_realnvp") or arch == "vae_rx"
+    )
 
 
 def test_new_priors_are_wired_into_config_factory_and_top_level():
     assert set(NEW_PRIORS) <= set(C.PRIORS) and set(C.PRIORS) == set(C.PRIOR_GROUPS)
     # TRS is the LARS sampler: a Z to estimate; the others have exact densities or bounds
-    assert [C.has_z(p, "vae") for p in NEW_PRIORS] == [False, False, True, False, False]
+    assert [C.has_z(p, "vae", "standard") for p in NEW_PRIORS] == [False, False, True, False, False]
     assert (
         C.model_keys("vamp")
         == C.model_keys("mog")
@@ -520,7 +522,7 @@ def test_a_vae_with_each_prior_trains_evaluates_and_samples(prior, arch):
         enc = model.encoder if arch == "vae" else model.q2_trunk
         assert bool(next(enc.parameters()).grad.abs().sum() > 0)
     model.eval()
-    if C.has_z(prior, arch):
+    if C.has_z(prior, arch, "standard"):
         model.top_prior.set_log_z(float(model.top_prior.monte_carlo_log_z(4096)))
     with torch.no_grad():
         log_w = model.log_weights(x, 5, generator=torch.Generator().manual_seed(2))

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from larsvae import steps
-from larsvae.checkpoint import build_from_meta, save_checkpoint
+from larsvae.checkpoint import CheckpointMeta, build_from_meta, save_checkpoint
 from larsvae.reports import priors
 from larsvae.utils import file_sha256
 
@@ -195,8 +195,8 @@ def test_a_trained_checkpoint_is_timed_only_if_it_is_the_one_evaluated(tmp_path)
     spec = _spec(tmp_path)
     lars1 = next(c for c in spec["cells"] if c["prior"] == "lars" and c["seed"] == 1)
     torch.manual_seed(0)
-    meta = {"arch": "vae", "prior": "lars", "mode": "standard", "seed": 1}
-    meta["model_config"] = lars1["model"]
+    meta = {"arch": "vae", "prior": "lars", "dataset": "dynamic_mnist", "seed": 1}
+    meta = CheckpointMeta.from_dict({**meta, "model_config": lars1["model"]}, "test")
     model = build_from_meta(meta)
     model.top_prior.set_log_z(math.log(0.4))
     path = tmp_path / lars1["checkpoint"]

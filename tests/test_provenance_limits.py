@@ -23,7 +23,7 @@ from conftest import (
 )
 
 from larsvae import memory, utils
-from larsvae.checkpoint import load_checkpoint, save_checkpoint
+from larsvae.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from larsvae.config import EvalConfig, ModelConfig, TrainConfig
 from larsvae.data.checksums import SIZE, max_raw_bytes
 
@@ -57,7 +57,7 @@ def made(tmp_path_factory):
 
 def _with_meta(src: Path, dst: Path, **changes) -> Path:
     ck = load_checkpoint(src)
-    meta = dict(ck["meta"])
+    meta = ck["meta"].to_dict()
     mc = changes.pop("model_config", None)
     meta.update(changes)
     if mc:
@@ -135,7 +135,7 @@ def test_estimate_follows_the_keys():
     base = memory.train_job("vae", "lars", mc, TrainConfig()).total
     wide = memory.train_job("vae", "lars", ModelConfig(hidden=3000), TrainConfig()).total
     assert wide > 15 * base  # the hidden x hidden layers grow 100-fold
-    meta = {"arch": "vae", "prior": "lars", "mode": "standard", "model_config": {}}
+    meta = CheckpointMeta("vae", "lars", ModelConfig())
     z1 = memory.z_job(meta, EvalConfig(z_batch=1000), "cpu").total
     z2 = memory.z_job(meta, EvalConfig(z_batch=10**9), "cpu").total
     assert z2 - z1 == pytest.approx(8 * (10**9 - 1000), rel=0.01)  # float64 units

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
+from larsvae.checkpoint import CheckpointMeta
 from larsvae.config import ModelConfig, TrainConfig
 from larsvae.data import BatchStream, load
 from larsvae.distributions import ResampledPrior, StandardNormal
@@ -293,12 +294,13 @@ def test_fit_trains_a_and_the_vae_part_is_a_standard_vae(tmp_path, tiny_dataset_
     tcfg = TrainConfig(
         iterations=80, batch_size=32, lr=1e-3, warmup_steps=0, log_every=20, checkpoint_every=1000
     )
-    meta = {"arch": "vae_rx", "prior": "gaussian", "mode": "standard"}
+    rx_meta = CheckpointMeta("vae_rx", "gaussian", mcfg)
+    meta = CheckpointMeta("vae", "gaussian", mcfg)
     torch.manual_seed(1)
     rx = build_resampled_outputs(mcfg)
     torch.manual_seed(1)
     plain = VAE(StandardNormal(4), mcfg)
-    fit(rx, stream, tcfg, tmp_path / "rx" / "model.pt", seed=3, meta=meta, progress=False)
+    fit(rx, stream, tcfg, tmp_path / "rx" / "model.pt", seed=3, meta=rx_meta, progress=False)
     fit(plain, stream, tcfg, tmp_path / "vae" / "model.pt", seed=3, meta=meta, progress=False)
 
     curve = _curve(tmp_path / "rx" / "curve.tsv")

@@ -74,7 +74,7 @@ def test_posthoc_cell_keeps_the_standard_models_networks(cells):
     from larsvae.checkpoint import load_checkpoint
 
     base, post = load_checkpoint(cells["gaussian"]), load_checkpoint(cells["posthoc"])
-    assert post["meta"]["mode"] == "posthoc" and post["meta"]["base_prior"] == "gaussian"
+    assert post["meta"].mode == "posthoc" and post["meta"].base_prior == "gaussian"
     for k, v in base["model"].items():
         assert torch.equal(v, post["model"][k]), k
     assert any(k.startswith("top_prior.acceptance") for k in post["model"])
@@ -369,4 +369,4 @@ def test_posthoc_training_never_resumes_from_another_init(cells, tmp_path, monke
     )
     assert s["resumed_from"] == 0 and s["finished"]
     assert out.read_bytes() == cells["posthoc"].read_bytes()  # as if the other never ran
-    assert load_checkpoint(out)["meta"]["init_sha256"] == file_sha256(cells["gaussian"])
+    assert load_checkpoint(out)["meta"].init_sha256 == file_sha256(cells["gaussian"])

@@ -14,8 +14,14 @@ import torch
 from conftest import SMALL_MODEL, make_tiny_dataset
 
 from larsvae import cli
-from larsvae.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from larsvae.config import TrainConfig, model_config, to_dict
+from larsvae.checkpoint import (
+    CheckpointError,
+    CheckpointMeta,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
+from larsvae.config import TrainConfig, model_config
 from larsvae.data import BatchStream, load
 from larsvae.models import build_model
 from larsvae.train import TrainingDiverged, fit, resume_path_for
@@ -31,13 +37,9 @@ CFG = TrainConfig(
     lr=1e-3,
     lr_final=3e-4,
 )
-META = {
-    "arch": "vae",
-    "prior": "lars",
-    "mode": "standard",
-    "dataset": "tiny",
-    "model_config": to_dict(model_config(SMALL_MODEL)),
-}
+META = CheckpointMeta(
+    arch="vae", prior="lars", model_config=model_config(SMALL_MODEL), dataset="tiny"
+)
 
 
 def _model(init_seed: int = 0, prior: str = "lars") -> torch.nn.Module:
@@ -51,9 +53,7 @@ def stream(tiny_dataset_npz: Path) -> BatchStream:
 
 
 def _fit(model, stream, out, cfg=CFG, **kw):
-    return fit(
-        model, stream, cfg, out, seed=11, meta=META | {"prior": "lars"}, progress=False, **kw
-    )
+    return fit(model, stream, cfg, out, seed=11, meta=META, progress=False, **kw)
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
@@ -231,7 +231,7 @@ def test_posthoc_trains_only_the_acceptance(tmp_path, tiny_dataset_npz, capsys):
     for k, v in a.items():
         assert torch.equal(v, b[k]), k  # encoder and decoder frozen
     model, ck = load_model(post)  # rebuilt from the metadata as a post-hoc model
-    assert ck["meta"]["mode"] == "posthoc" and model.is_posthoc
+    assert ck["meta"].mode == "posthoc" and model.is_posthoc
     assert float(model.top_prior.log_z) == float(b["top_prior.log_z"]) != 0.0
     torch.manual_seed(0)
     fresh = build_model("vae", "gaussian", model_config(SMALL_MODEL))

@@ -86,7 +86,7 @@ class ConfigError(ValueError):
     """A user error in parameters; the message names the key and what was expected."""
 
 
-def has_z(prior: str, arch: str, mode: str = "standard") -> bool:
+def has_z(prior: str, arch: str, mode: str) -> bool:
     """A LARS prior (joint or post hoc) or LARS on the outputs: the model has a normalising
     constant Z to estimate; every other prior has Z = 1 exactly."""
     return prior in LARS_PRIORS or mode == "posthoc" or arch in OUTPUT_LARS_ARCHS

@@ -41,8 +41,8 @@ import torch
 from torch import nn
 
 from . import ranking
-from .checkpoint import check_size, is_lars
-from .config import OUTPUT_LARS_ARCHS, model_config
+from .checkpoint import Checkpoint, CheckpointMeta, check_size
+from .config import OUTPUT_LARS_ARCHS, ModelConfig
 from .distributions.lars import chunk_rows, default_max_block
 from .evaluation import iwae_tiles
 from .models import build_model, z_holder
@@ -209,21 +209,20 @@ def _model_shape(arch: str, prior: str, mcfg: Any, posthoc: bool, cpu_cut: int) 
     )
 
 
-def shape_of_meta(meta: Mapping[str, Any]) -> tuple[ModelShape, Any, str]:
-    """(:func:`model_shape`, ModelConfig, prior) of the model a checkpoint's (validated)
-    ``meta`` describes; a post-hoc model has the parameters of the joint LARS model."""
-    posthoc = meta.get("mode") == "posthoc"
-    prior = "lars" if posthoc else meta["prior"]
-    mcfg = model_config(meta["model_config"], "model_config")
-    return model_shape(meta["arch"], prior, mcfg, posthoc), mcfg, prior
+def shape_of_meta(meta: CheckpointMeta) -> tuple[ModelShape, ModelConfig, str]:
+    """(:func:`model_shape`, ModelConfig, prior) of the model a checkpoint's ``meta``
+    describes; a post-hoc model has the parameters of the joint LARS model."""
+    posthoc = meta.mode == "posthoc"
+    prior = "lars" if posthoc else meta.prior
+    return model_shape(meta.arch, prior, meta.model_config, posthoc), meta.model_config, prior
 
 
-def load_job(meta: Mapping[str, Any]) -> Estimate:
+def load_job(meta: CheckpointMeta) -> Estimate:
     """Loading a checkpoint: its state dict and the model built from its meta."""
     return _checkpoint_job("load", meta, copies=2)[0]
 
 
-def check_load(ckpt: Mapping[str, Any], path: Any, device: Any = "cpu") -> None:
+def check_load(ckpt: Checkpoint, path: Any, device: Any = "cpu") -> None:
     """Building the model of a loaded checkpoint fits in memory: its meta against its weights
     first (:func:`larsvae.checkpoint.check_size`: a forged meta costs nothing), then
     :func:`load_job`. Asked at a step's boundary, before the model is built."""
@@ -232,7 +231,7 @@ def check_load(ckpt: Mapping[str, Any], path: Any, device: Any = "cpu") -> None:
 
 
 def _checkpoint_job(
-    step: str, meta: Mapping[str, Any], copies: int = 1
+    step: str, meta: CheckpointMeta, copies: int = 1
 ) -> tuple[Estimate, ModelShape]:
     """A step's estimate holding ``copies`` of the checkpoint's weights, and its shape."""
     shape, mcfg, prior = shape_of_meta(meta)
@@ -343,7 +342,7 @@ def train_job(
     return est
 
 
-def z_job(meta: Mapping[str, Any], ecfg: Any, device: Any) -> Estimate:
+def z_job(meta: CheckpointMeta, ecfg: Any, device: Any) -> Estimate:
     """``larsvae estimate-z``: the batch's float64 units, one chunk of a(z) evaluations."""
     est, shape = _checkpoint_job("estimate-z", meta)
     units = min(ecfg.z_batch, ecfg.z_samples)
@@ -357,7 +356,7 @@ def z_job(meta: Mapping[str, Any], ecfg: Any, device: Any) -> Estimate:
     return est
 
 
-def evaluate_job(meta: Mapping[str, Any], ecfg: Any, n_test: int, device: Any) -> Estimate:
+def evaluate_job(meta: CheckpointMeta, ecfg: Any, n_test: int, device: Any) -> Estimate:
     """``larsvae evaluate``: IWAE noise and log weights of iwae_batch images, one tile of
     (image, sample) pairs, the test ELBO's batch."""
     est, shape = _checkpoint_job("evaluate", meta)
@@ -378,7 +377,7 @@ def evaluate_job(meta: Mapping[str, Any], ecfg: Any, n_test: int, device: Any) -
     return est
 
 
-def sample_job(meta: Mapping[str, Any], n: int, device: Any) -> Estimate:
+def sample_job(meta: CheckpointMeta, n: int, device: Any) -> Estimate:
     """``larsvae sample``: n decoded images and the sampler's blocks of proposals."""
     est, shape = _checkpoint_job("sample", meta)
     est.add(
@@ -386,14 +385,14 @@ def sample_job(meta: Mapping[str, Any], n: int, device: Any) -> Estimate:
         {"--n (report.samples)": n},
         "n samples",
     )
-    if is_lars(meta):
-        t = meta["model_config"].get("truncation") or 1 << 30
+    if meta.is_lars:
+        t = meta.model_config.truncation or 1 << 30
         block = min(default_max_block(torch.device(device)), n * t)
         est.add(block * shape.per_z * F32, {"--n (report.samples)": n}, "a block of proposals")
     return est
 
 
-def rank_job(meta: Mapping[str, Any], n: int, device: Any) -> Estimate:
+def rank_job(meta: CheckpointMeta, n: int, device: Any) -> Estimate:
     """``larsvae rank``: n proposal samples, their a(z) and their decoded images (kept)."""
     est, shape = _checkpoint_job("rank", meta)
     est.add(shape.prior_params * F64, {}, "a float64 copy of a(z)")

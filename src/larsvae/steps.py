@@ -41,8 +41,15 @@ import torch
 
 from . import data as data_mod
 from . import memory
-from .checkpoint import CheckpointError, check_size, has_z, load_checkpoint, model_from_checkpoint
-from .config import LARS_PRIORS, OUTPUT_LARS_ARCHS, EvalConfig, ModelConfig, TrainConfig, to_dict
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointMeta,
+    check_size,
+    load_checkpoint,
+    model_from_checkpoint,
+)
+from .config import LARS_PRIORS, OUTPUT_LARS_ARCHS, EvalConfig, ModelConfig, TrainConfig
 from .data import DEFAULT_SEED, DataError, load_manifest
 from .data.labels import prepare_labels as _prepare_labels
 from .data.loaders import eval_tensor, train_stream
@@ -52,7 +59,6 @@ from .evaluation import elbo_terms, nll_summary
 from .models import build_model, z_holder
 from .models.resampled_outputs import ResampledOutputsVAE
 from .models.resampled_outputs import nll_summary as outputs_nll_summary
-from .paths import cell_of_path
 from .publish import check_nll_record, check_published
 from .reports import figures, table1
 from .reports.acceptance import rank_checkpoint, write_output_ranking
@@ -171,18 +177,18 @@ def posthoc_model(init: PathLike, arch: str, mcfg: ModelConfig) -> torch.nn.Modu
     N(0, I) replaced by a ResampledPrior over it; only a(z) stays trainable."""
     ckpt = load_checkpoint(existing_file(init, "--init"))
     meta = ckpt["meta"]
-    if meta.get("arch") != arch:
+    if meta.arch != arch:
         raise UserError(
-            f"--init {init}: checkpoint of architecture {meta.get('arch')!r}, "
+            f"--init {init}: checkpoint of architecture {meta.arch!r}, "
             f"but post-hoc training asked for {arch!r}"
         )
-    if meta.get("prior") != "gaussian" or meta.get("mode", "standard") != "standard":
+    if meta.prior != "gaussian" or meta.mode != "standard":
         raise UserError(
             f"--init {init}: post-hoc training starts from a 'gaussian' standard "
-            f"checkpoint, got prior {meta.get('prior')!r} mode {meta.get('mode')!r}"
+            f"checkpoint, got prior {meta.prior!r} mode {meta.mode!r}"
         )
     for key in ("latent_dim", "hidden"):
-        theirs = meta.get("model_config", {}).get(key)
+        theirs = getattr(meta.model_config, key)
         if theirs != getattr(mcfg, key):
             raise UserError(
                 f"--init {init}: checkpoint has model.{key} = {theirs!r}, but the "
@@ -235,19 +241,18 @@ def train(
     else:
         model = build_model(arch, prior, mcfg)
     model.to(device)
-    meta = {
-        "arch": arch,
-        "prior": prior,
-        "variant": variant,
-        "mode": "posthoc" if init is not None else "standard",
-        "dataset": data_path.stem,
-        "dataset_sha256": file_sha256(data_path),
-        "model_config": to_dict(mcfg),
-        "seed": seed,
-    }
-    if init is not None:
-        meta["base_prior"] = "gaussian"
-        meta["init_sha256"] = file_sha256(init)
+    meta = CheckpointMeta(
+        arch=arch,
+        prior=prior,
+        model_config=mcfg,
+        variant=variant,
+        mode="posthoc" if init is not None else "standard",
+        seed=seed,
+        dataset=data_path.stem,
+        dataset_sha256=file_sha256(data_path),
+        base_prior="gaussian" if init is not None else None,
+        init_sha256=file_sha256(init) if init is not None else None,
+    )
     valid = eval_tensor(data, "valid", device) if tcfg.eval_every > 0 and "valid" in data else None
     stream = train_stream(data, manifest, tcfg.batch_size, seed, device)
     try:
@@ -282,13 +287,12 @@ def _kept_resume(out: PathLike) -> str:
 
 def load_checked(
     checkpoint: PathLike, device: Any, job: Any = None
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """``load_model``, refusing a checkpoint whose meta names another cell than the path it
-    sits in (``.../{dataset}/{arch}/{prior}/{mode}/seed{seed}/model.pt``, larsvae.paths).
-    ``job(meta)`` -> :class:`larsvae.memory.Estimate` is the step's memory estimate, checked
-    before the model is built (:func:`larsvae.memory.require`)."""
+) -> tuple[torch.nn.Module, Checkpoint]:
+    """``load_model`` for a step: the checkpoint (refused if of another cell than the folder
+    it sits in, :func:`larsvae.checkpoint.load_checkpoint`), its meta against its weights,
+    then ``job(meta)`` -> :class:`larsvae.memory.Estimate`, the step's memory estimate,
+    checked before the model is built (:func:`larsvae.memory.require`)."""
     ckpt = load_checkpoint(existing_file(checkpoint, "--checkpoint"))
-    _check_cell(checkpoint, ckpt["meta"])
     check_size(ckpt, checkpoint)
     est = job(ckpt["meta"]) if job is not None else None
     if est is not None:
@@ -297,38 +301,14 @@ def load_checked(
     return model_from_checkpoint(ckpt, checkpoint, device), ckpt
 
 
-def _check_cell(checkpoint: PathLike, meta: dict[str, Any]) -> None:
-
-    where = cell_of_path(checkpoint)
-    if where is not None:
-        tag = (
-            meta.get("prior")
-            if meta.get("variant", "base") == "base"
-            else (f"{meta.get('prior')}-{meta.get('variant')}")
-        )
-        have = dict(
-            dataset=meta.get("dataset"),
-            arch=meta.get("arch"),
-            prior=tag,
-            mode=meta.get("mode", "standard"),
-            seed=str(meta.get("seed")),
-        )
-        for key, value in where.items():
-            if have[key] != value:
-                raise UserError(
-                    f"--checkpoint {checkpoint}: its meta says {key} = {have[key]!r} but it sits "
-                    f"in the folder of {key} = {value!r}: a checkpoint of another cell"
-                )
-
-
 def _lars_model(
     checkpoint: PathLike, device: Any, job: Any = None
-) -> tuple[torch.nn.Module, dict[str, Any]]:
+) -> tuple[torch.nn.Module, Checkpoint]:
 
-    def lars_job(meta: dict[str, Any]) -> Any:
-        if not has_z(meta):
+    def lars_job(meta: CheckpointMeta) -> Any:
+        if not meta.has_z:
             raise UserError(
-                f"--checkpoint {checkpoint}: prior {meta.get('prior')!r} has no normalising "
+                f"--checkpoint {checkpoint}: prior {meta.prior!r} has no normalising "
                 f"constant Z to estimate (only {', '.join(LARS_PRIORS)} and resampled "
                 "outputs do)"
             )
@@ -369,7 +349,7 @@ def estimate_z(
             f"evaluate.z_antithetic (pairs z, -z), got {ecfg.z_batch} and "
             f"{ecfg.z_samples}"
         )
-    seed = int(ckpt["meta"].get("seed", 0)) if seed is None else seed
+    seed = ckpt["meta"].seed if seed is None else seed
     t0 = time.perf_counter()
     with torch.no_grad():
         est = _estimate(
@@ -477,7 +457,18 @@ def _split_size(dataset_file: PathLike, split: str) -> int:
 # evaluate
 
 
-def _z_fields(model: torch.nn.Module, z_est: ZEstimate, meta: dict[str, Any]) -> dict[str, Any]:
+def _cell_fields(meta: CheckpointMeta) -> dict[str, Any]:
+    """The cell a result is of, as nll.json and the ranking's summary.json record it."""
+    return {
+        "dataset": meta.dataset,
+        "arch": meta.arch,
+        "prior": meta.prior,
+        "mode": meta.mode,
+        "seed": meta.seed,
+    }
+
+
+def _z_fields(model: torch.nn.Module, z_est: ZEstimate, meta: CheckpointMeta) -> dict[str, Any]:
     """nll.json's fields of a LARS model: its Z and what it implies for sampling."""
     prior = z_holder(model)
     # proposals per accepted sample (1 - (1-Z)^T) / Z, and accepted / proposed
@@ -487,7 +478,7 @@ def _z_fields(model: torch.nn.Module, z_est: ZEstimate, meta: dict[str, Any]) ->
         z=float(z_est.mean),
         z_stderr=float(z_est.stderr),
         z_samples=int(z_est.samples),
-        truncation=meta["model_config"].get("truncation"),
+        truncation=meta.model_config.truncation,
         mean_proposals=mean_prop,
         acceptance_rate=1.0 / mean_prop,
     )
@@ -510,20 +501,20 @@ def evaluate(
     )
     meta = ckpt["meta"]
     data_sha = file_sha256(existing_file(dataset_file, "--dataset-file"))
-    if meta.get("dataset_sha256") not in (None, data_sha):
+    if meta.dataset_sha256 not in (None, data_sha):
         raise UserError(
             f"--dataset-file {dataset_file}: not the data {checkpoint} was trained on (sha256 "
-            f"{data_sha[:12]}... vs {str(meta['dataset_sha256'])[:12]}... in its meta)"
+            f"{data_sha[:12]}... vs {meta.dataset_sha256[:12]}... in its meta)"
         )
-    lars = has_z(meta)
+    lars = meta.has_z
     z_est = None
     if lars:
         if z is None:
-            raise UserError(f"--z: required for a {meta.get('prior')!r} checkpoint")
+            raise UserError(f"--z: required for a {meta.prior!r} checkpoint")
         z_est = read_z(z, checkpoint)
         z_holder(model).set_log_z(float(z_est.log_mean))
     elif z is not None:
-        raise UserError(f"--z {z}: prior {meta.get('prior')!r} has no Z to install")
+        raise UserError(f"--z {z}: prior {meta.prior!r} has no Z to install")
     x = eval_tensor(load_dataset(dataset_file), "test", device)
     if ecfg.test_subset is not None:
         x = x[test_indices(x.shape[0], ecfg.test_subset)]
@@ -536,15 +527,13 @@ def evaluate(
         batch_size=ecfg.iwae_batch,
         k_chunk=ecfg.iwae_k_chunk,
         z_estimate=z_est,
-        seed=derive_seed(int(meta.get("seed", 0)), EVAL_TAG),
+        seed=derive_seed(meta.seed, EVAL_TAG),
         progress=progress,
     )
-    gen = torch.Generator(device=x.device).manual_seed(
-        derive_seed(int(meta.get("seed", 0)), EVAL_TAG, 1)
-    )
+    gen = torch.Generator(device=x.device).manual_seed(derive_seed(meta.seed, EVAL_TAG, 1))
     elbo = elbo_terms(model, x, ecfg.elbo_samples, ecfg.iwae_batch, generator=gen)
     result: dict[str, Any] = {
-        **{k: meta.get(k) for k in ("dataset", "arch", "prior", "mode", "seed")},
+        **_cell_fields(meta),
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": file_sha256(checkpoint),
         "dataset_sha256": data_sha,
@@ -668,7 +657,7 @@ def _rank_outputs(
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UserError(f"--n: expected an integer >= 1, got {n!r}")
     model, ckpt = load_checked(checkpoint, device)
-    extra = {k: ckpt["meta"].get(k) for k in ("dataset", "arch", "prior", "mode", "seed")}
+    extra = _cell_fields(ckpt["meta"])
     extra.update(checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(checkpoint))
     return write_output_ranking(model, out_dir, n=n, seed=seed, extra=extra)
 
@@ -687,13 +676,12 @@ def rank(
     """Figures D.5-D.8: n proposal samples ranked by a(z) (larsvae.ranking.rank_checkpoint):
     grid of the best / random / worst, sorted a(z), samples.npz and summary.json in
     ``out_dir``; the figures and summary also copied to ``figures_dir`` if given."""
-    ckpt = load_checkpoint(existing_file(checkpoint, "--checkpoint"))
-    _check_cell(checkpoint, ckpt["meta"])  # as estimate-z and sampling: never another cell's
+    ckpt = load_checkpoint(existing_file(checkpoint, "--checkpoint"))  # of this cell
     if isinstance(n, int) and n >= 1:  # rank_checkpoint words the error otherwise
         check_size(ckpt, checkpoint)
         est = memory.rank_job(ckpt["meta"], n, device)
         memory.require(est, device, f"rank --checkpoint {checkpoint}")
-    if ckpt["meta"].get("arch") in OUTPUT_LARS_ARCHS:  # Figure D.9: decoded x ranked by a(x)
+    if ckpt["meta"].arch in OUTPUT_LARS_ARCHS:  # Figure D.9: decoded x ranked by a(x)
         summary = _rank_outputs(checkpoint, out_dir, n, seed, device)
     else:
         summary = rank_checkpoint(

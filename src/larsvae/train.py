@@ -41,7 +41,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +50,13 @@ import torch
 from . import objectives as _objectives
 from .checkpoint import (
     CheckpointError,
+    CheckpointMeta,
     get_rng_state,
     load_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
-from .config import TrainConfig, to_dict
+from .config import TrainConfig
 from .distributions.base import warmup_parameters
 from .evaluation import iwae_log_likelihood
 from .models import z_holder
@@ -341,7 +342,7 @@ class _Run:
         cfg: TrainConfig,
         out_path,
         seed: int,
-        meta,
+        meta: CheckpointMeta,
         valid,
         valid_metric,
         progress: bool,
@@ -354,7 +355,7 @@ class _Run:
         self.curve_path = (
             Path(curve_path) if curve_path is not None else curve_path_for(self.out_path)
         )
-        self.meta = dict(meta or {}) | {"train_config": to_dict(cfg), "seed": int(seed)}
+        self.meta = replace(meta, train_config=cfg, seed=int(seed))
         self.valid = valid
         self.do_eval = valid is not None and cfg.eval_every > 0
         self.early_stop = self.do_eval and cfg.early_stopping_patience > 0
@@ -390,7 +391,7 @@ class _Run:
         ckpt = load_checkpoint(self.resume_path)
         if ckpt.get("kind") != "resume":
             raise CheckpointError(f"checkpoint {self.resume_path}: not a resume checkpoint")
-        if _fingerprint(ckpt["meta"]) != _fingerprint(self.meta):
+        if ckpt["meta"] != self.meta:
             self.log(
                 f"{self.resume_path} was written with other settings "
                 f"({_first_difference(ckpt['meta'], self.meta)}); starting afresh"
@@ -544,7 +545,7 @@ def fit(
     out_path: str | os.PathLike,
     *,
     seed: int,
-    meta: dict[str, Any] | None = None,
+    meta: CheckpointMeta,
     valid: torch.Tensor | None = None,
     valid_metric: Callable[[torch.nn.Module, torch.Tensor, int], float] | None = None,
     progress: bool = True,
@@ -555,9 +556,9 @@ def fit(
     """Train ``model`` on batches ``stream.batch(t)`` for ``cfg.iterations`` steps.
 
     ``model.loss(x, beta)`` must return a dict with ``loss`` (scalar: mean of rec + beta*kl)
-    and per-example ``rec``, ``kl``, ``elbo``. ``meta`` (arch, prior, mode, dataset,
-    model_config, ...) is stored in every checkpoint so that ``load_model`` can rebuild the
-    model. ``valid`` (binary validation images on the model's device) enables validation
+    and per-example ``rec``, ``kl``, ``elbo``. ``meta`` (what the model is: arch, prior,
+    mode, model_config, provenance) is stored in every checkpoint, with ``cfg`` as its
+    ``train_config`` and ``seed``, so that ``load_model`` can rebuild the model. ``valid`` (binary validation images on the model's device) enables validation
     every ``cfg.eval_every`` steps and, with ``cfg.early_stopping_patience > 0``, early
     stopping that keeps the best weights. ``stop_after`` ends this call after that many
     completed steps, leaving the resume checkpoint (used by tests).
@@ -568,7 +569,7 @@ def fit(
     model.train()
     optimizer = make_optimizer(trainable_parameters(model), cfg.lr, warmup_parameters(model))
     if any(g.get("kl_warmup") for g in optimizer.param_groups):  # resumes from before restart
-        meta = dict(meta or {}) | {"flow_lr_warmup": True}
+        meta = replace(meta, flow_lr_warmup=True)
     run = _Run(
         model,
         optimizer,
@@ -676,12 +677,8 @@ def _check_finite_params(model: torch.nn.Module, step: int) -> None:
             )
 
 
-def _fingerprint(meta: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in meta.items() if k not in ("version",)}
-
-
-def _first_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
-    fa, fb = _fingerprint(a), _fingerprint(b)
+def _first_difference(a: CheckpointMeta, b: CheckpointMeta) -> str:
+    fa, fb = a.to_dict(), b.to_dict()
     for k in sorted(set(fa) | set(fb)):
         if fa.get(k) != fb.get(k):
             return f"{k}: {fa.get(k)!r} != {fb.get(k)!r}"

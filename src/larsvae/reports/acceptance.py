@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .. import memory
-from ..checkpoint import is_lars, load_checkpoint, model_from_checkpoint
+from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..models.resampled_outputs import ResampledOutputsVAE, rank_outputs
 from ..ranking import (
     PANEL_TAG,
@@ -217,9 +217,9 @@ def rank_checkpoint(
     memory.check_load(ckpt, checkpoint, dev)
     model = model_from_checkpoint(ckpt, checkpoint, dev)
     meta = ckpt["meta"]
-    if not is_lars(meta):
+    if not meta.is_lars:
         raise UserError(
-            f"--checkpoint {checkpoint}: prior {meta.get('prior')!r} has no acceptance "
+            f"--checkpoint {checkpoint}: prior {meta.prior!r} has no acceptance "
             f"function a(z) to rank by (expected a LARS or post-hoc LARS model)"
         )
     r = rank_samples(model, n, seed)
@@ -234,7 +234,10 @@ def rank_checkpoint(
     log_a_mean = log_mean(r.log_a)
     above = None if threshold is None else float(at_least(r, threshold).mean())
     summary: dict[str, Any] = {
-        **{k: meta.get(k) for k in ("dataset", "arch", "prior", "mode")},
+        "dataset": meta.dataset,
+        "arch": meta.arch,
+        "prior": meta.prior,
+        "mode": meta.mode,
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": file_sha256(checkpoint),
         "n": n,

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from .. import memory
-from ..checkpoint import is_lars, load_checkpoint, model_from_checkpoint
+from ..checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint
 from ..data.labels import load_labels
 from ..data.loaders import load
 from ..distributions.lars import ResampledPrior
@@ -250,12 +250,12 @@ def prior_log_prob(prior: torch.nn.Module, grid: Grid, log_z: float | None) -> t
 # inputs
 
 
-def _load_2d_model(label: str, path: PathLike, dataset_sha: str) -> tuple[Any, dict]:
+def _load_2d_model(label: str, path: PathLike, dataset_sha: str) -> tuple[Any, Checkpoint]:
     ckpt = load_checkpoint(path)
     memory.check_load(ckpt, path)
     model = model_from_checkpoint(ckpt, path)
     meta = ckpt["meta"]
-    d = meta.get("model_config", {}).get("latent_dim", getattr(model, "latent_dim", None))
+    d = meta.model_config.latent_dim
     if d != 2:
         raise UserError(
             f"latent2d: checkpoint {path} ({label!r}) has latent_dim = {d}; the 2-D latent "
@@ -263,10 +263,10 @@ def _load_2d_model(label: str, path: PathLike, dataset_sha: str) -> tuple[Any, d
         )
     if not isinstance(model, VAE):
         raise UserError(
-            f"latent2d: checkpoint {path} ({label!r}) is a {meta.get('arch')!r} model; the "
+            f"latent2d: checkpoint {path} ({label!r}) is a {meta.arch!r} model; the "
             "2-D latent analysis needs an L=1 'vae' (the paper's Figs. D.10-D.14)"
         )
-    have = meta.get("dataset_sha256")
+    have = meta.dataset_sha256
     if have and have != dataset_sha:
         raise UserError(
             f"latent2d: checkpoint {path} ({label!r}) was trained on a dataset file with "
@@ -326,7 +326,7 @@ def _checked_options(
 def _model_row(
     label: str,
     model: Any,
-    ckpt: dict,
+    ckpt: Checkpoint,
     path: PathLike,
     z_file: PathLike | None,
     data: dict,
@@ -339,7 +339,8 @@ def _model_row(
     q_mass = aggregate_posterior_mass(mean, std, g)
     prior = model.top_prior
     pp = prior_panels(prior, g)
-    lars = is_lars(ckpt["meta"])
+    meta = ckpt["meta"]
+    lars = meta.is_lars
     running = (
         float(prior.log_z) if lars and bool(prior.log_z_initialised) else None
     )  # Algorithm 1's <Z> stored in the checkpoint
@@ -347,12 +348,10 @@ def _model_row(
     log_p = prior_log_prob(prior, g, log_z_quad)
     row: dict[str, Any] = {
         "checkpoint": str(path),
-        "prior": ckpt["meta"].get("prior"),
-        "mode": ckpt["meta"].get("mode", "standard"),
+        "prior": meta.prior,
+        "mode": meta.mode,
         "truncation": getattr(prior, "truncation", None) if lars else None,
-        "acceptance_hidden": ckpt["meta"]["model_config"].get("acceptance_hidden")
-        if lars
-        else None,
+        "acceptance_hidden": list(meta.model_config.acceptance_hidden) if lars else None,
         "step": int(ckpt["step"]),
         "q_grid_mass": float(q_mass.sum()),
         "pi_grid_mass": pp["pi_mass"],
@@ -414,7 +413,7 @@ def latent2d_report(
     dataset_sha = file_sha256(dataset_file)
     loaded = {label: _load_2d_model(label, p, dataset_sha) for label, p in models.items()}
     for label in z_files:
-        if not is_lars(loaded[label][1]["meta"]):
+        if not loaded[label][1]["meta"].is_lars:
             raise UserError(f"latent2d: {label!r} has no LARS prior, so no Z for its z file")
     data, labels = _load_data(dataset_file, labels_file)
     n_test = len(data["test"])

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..config import model_config
 from ..publish import train_seconds
 from ..utils import atomic_write_text, file_sha256
 from .gains import Gain, paired_gain
@@ -87,10 +88,9 @@ def prior_parameters(arch: str, prior: str, mode: str, model_params: dict[str, A
     """Trainable numbers of the prior module itself, counted on a model built as training
     builds it. The VampPrior's are its pseudo-inputs: it shares the encoder's weights, which
     are not counted (the model has them whatever the prior)."""
-    from ..checkpoint import build_from_meta  # loads torch: the workflow imports this module
+    from ..checkpoint import build_cell_model  # loads torch: the workflow imports this module
 
-    meta = {"arch": arch, "prior": prior, "mode": mode, "model_config": model_params}
-    model = build_from_meta(meta)
+    model = build_cell_model(arch, prior, mode, model_config(model_params))
     return sum(p.numel() for p in model.top_prior.parameters())
 
 
@@ -208,11 +208,11 @@ def _fresh_prior(f: dict[str, Any]) -> torch.nn.Module:
     # imported here: they load torch, and the workflow imports this module
     import torch
 
-    from ..checkpoint import build_from_meta
+    from ..checkpoint import build_cell_model
 
     torch.manual_seed(int(f["seed"]))
-    meta = {"arch": f["arch"], "prior": f["prior"], "mode": f["mode"], "model_config": f["model"]}
-    return build_from_meta(meta).eval().top_prior
+    model = build_cell_model(f["arch"], f["prior"], f["mode"], model_config(f["model"]))
+    return model.eval().top_prior
 
 
 def _step_time(row: Row, root: Path) -> None:
