@@ -149,7 +149,10 @@ def test_each_required_entry_is_named(tmp_path, key):
         ({"dataset": 5}, ("meta dataset = 5 is not a dataset name",)),
         ({"dataset_sha256": "abc"}, ("meta dataset_sha256 = 'abc' is not a sha256",)),
         ({"init_sha256": SHA.upper()}, ("meta init_sha256",)),
-        ({"base_prior": "gaussian"}, ("meta base_prior = 'gaussian' is not 'gaussian'",)),
+        (
+            {"base_prior": "gaussian"},
+            ("meta base_prior = 'gaussian' is not 'gaussian' of a post-hoc model",),
+        ),
         ({"flow_lr_warmup": False}, ("meta flow_lr_warmup = False is not true",)),
     ],
 )

@@ -56,6 +56,8 @@ FORMAT_VERSION = 1
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _VARIANT = re.compile(r"[a-z0-9_]+")
+#: what a meta without these keys means (every meta training writes has them)
+_DEFAULTS = {"variant": BASE, "mode": "standard", "seed": 0}
 
 
 class CheckpointError(UserError):
@@ -97,18 +99,19 @@ class CheckpointMeta:
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)}, key=str)
         if unknown:
             raise CheckpointError(f"checkpoint {path}: meta has unknown key {unknown[0]!r}")
+        d = {**_DEFAULTS, **d}
         for key, choices in (("arch", ARCHS), ("prior", PRIORS), ("mode", MODES)):
-            if d.get(key, "standard" if key == "mode" else None) not in choices:
+            if d.get(key) not in choices:
                 words = "standard or posthoc" if key == "mode" else f"one of {', '.join(choices)}"
                 raise CheckpointError(
                     f"checkpoint {path}: meta {key} = {d.get(key)!r} is not {words}"
                 )
-        if d.get("mode") == "posthoc" and d["prior"] != "lars":
+        if d["mode"] == "posthoc" and d["prior"] != "lars":
             raise CheckpointError(
                 f"checkpoint {path}: meta prior = {d['prior']!r} with mode = 'posthoc' "
                 "(post-hoc training learns a 'lars' prior)"
             )
-        seed = d.get("seed", 0)
+        seed = d["seed"]
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
             raise CheckpointError(
                 f"checkpoint {path}: meta seed = {seed!r} is not an integer in [0, {SEED_MAX}]"
@@ -124,7 +127,7 @@ class CheckpointMeta:
             tcfg = train_config(d["train_config"], "train_config") if "train_config" in d else None
         except ConfigError as exc:
             raise CheckpointError(f"checkpoint {path}: meta {exc}") from None
-        return cls(**{**d, "seed": seed, "model_config": mcfg, "train_config": tcfg})
+        return cls(**{**d, "model_config": mcfg, "train_config": tcfg})
 
     def to_dict(self) -> dict[str, Any]:
         """The ``meta`` entry as training writes it (same keys, order and values)."""
@@ -167,7 +170,11 @@ def _check_provenance(d: dict[str, Any], path: str | os.PathLike) -> None:
         ("dataset", lambda v: isinstance(v, str) and v, "a dataset name"),
         ("dataset_sha256", lambda v: isinstance(v, str) and _SHA256.fullmatch(v), "a sha256"),
         ("init_sha256", lambda v: isinstance(v, str) and _SHA256.fullmatch(v), "a sha256"),
-        ("base_prior", lambda v: v == "gaussian" and d.get("mode") == "posthoc", "'gaussian'"),
+        (
+            "base_prior",
+            lambda v: v == "gaussian" and d["mode"] == "posthoc",
+            "'gaussian' of a post-hoc model",
+        ),
         ("flow_lr_warmup", lambda v: v is True, "true"),
     )
     for key, ok, words in checks:
