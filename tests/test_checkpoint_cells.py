@@ -142,3 +142,20 @@ def test_the_trained_cells_load_from_their_own_folders(trained):
         "gaussian",
         file_sha256(trained["gaussian"]),
     )
+
+
+def test_cell_of_path_names_every_architecture():
+    """Every arch, ``vae_rx`` (an underscore) included, is read from a cell's folder, so
+    its checkpoints are checked against their cell like the others'."""
+    from larsvae.config import ARCHS
+    from larsvae.paths import cell_of_path
+
+    for arch in ARCHS:
+        where = cell_of_path(f"runs/quick/models/dynamic_mnist/{arch}/lars-t2/posthoc/seed3/m.pt")
+        assert where == {
+            "dataset": "dynamic_mnist",
+            "arch": arch,
+            "prior": "lars-t2",
+            "mode": "posthoc",
+            "seed": "3",
+        }

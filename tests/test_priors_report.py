@@ -231,11 +231,17 @@ def test_only_budgets_with_other_priors_have_a_comparison():
     def cells(name):
         return plan.parse_params(yaml.safe_load((REPO / f"params/{name}.yaml").read_text()))
 
-    grid = cells("grid")  # Table 1, and the comparison on the dynamicMNIST VAE
+    grid = cells("grid")  # Table 1, the comparison on the dynamicMNIST VAE, Omniglot's flows
     chosen = plan.comparison_cells(grid.cells)
-    assert len(chosen) == 11 * 3
-    assert {(c.dataset, c.arch) for c in chosen} == {("dynamic_mnist", "vae")}
-    assert {c.seed for c in chosen} == {1, 2, 3}
+    assert len(chosen) == 12 * 3 + 4
+    assert {(c.dataset, c.arch) for c in chosen} == {("dynamic_mnist", "vae"), ("omniglot", "vae")}
+    assert {c.seed for c in chosen if c.dataset == "dynamic_mnist"} == {1, 2, 3}
+    assert {c.prior for c in chosen if c.dataset == "omniglot"} == {
+        "gaussian",
+        "lars",
+        "realnvp",
+        "lars_realnvp",
+    }
     assert {c.prior for c in set(chosen) & set(grid.main_cells)} == {"gaussian", "lars"}
     assert plan.comparison_cells(cells("smoke").cells) == []  # N(0, I) and LARS only
     quick = plan.comparison_cells(cells("quick").cells)  # the flows of Appendix D
@@ -261,9 +267,10 @@ def test_grid_budget_plans_every_comparison_cell(tmp_path):
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
             counts[parts[0]] = int(parts[1])
-    # 11 priors x 3 seeds; Z (2 shards) for joint LARS, post-hoc LARS, LARS(RealNVP), TRS
-    assert counts["train_standard"] == 7 * 3  # gaussian, flows, vamp, mog, snis, lars_dim
-    assert counts["train_joint"] == 3 * 3 and counts["train_posthoc"] == 3
-    assert counts["evaluate"] == counts["publish"] == 33
-    assert counts["reduce_z"] == 4 * 3 and counts["estimate_z"] == 4 * 2 * 3
+    # dynamicMNIST: 12 priors x 3 seeds; Z (2 shards) for joint LARS, post-hoc LARS,
+    # LARS(RealNVP), TRS. Omniglot: N(0, I), RealNVP (standard), LARS, LARS(RealNVP) (joint)
+    assert counts["train_standard"] == 8 * 3 + 2  # gaussian, flows, vamp(_sg), mog, snis, ...
+    assert counts["train_joint"] == 3 * 3 + 2 and counts["train_posthoc"] == 3
+    assert counts["evaluate"] == counts["publish"] == 12 * 3 + 4
+    assert counts["reduce_z"] == 4 * 3 + 2 and counts["estimate_z"] == (4 * 3 + 2) * 2
     assert counts["priors_report"] == 1

@@ -40,8 +40,10 @@ OUTPUT_LARS_ARCHS = ("vae_rx",)
 OUTPUT_LARS_KEYS = ("truncation", "eps", "train_z_samples")
 #: Prior on the top latent. "gaussian" = N(0, I); "lars" = LARS over N(0, I);
 #: "realnvp" / "maf" = flow priors; "lars_realnvp" = LARS with a RealNVP proposal.
-#: Comparison priors: "vamp" = VampPrior, "mog" = mixture of Gaussians, "trs" / "snis" =
-#: the energy-inspired priors of Lawson et al. (2019), "lars_dim" = dimension-wise LARS.
+#: Comparison priors: "vamp" = VampPrior, "vamp_sg" = the VampPrior whose encoder weights get
+#: no gradient through its components (the same density), "mog" = mixture of Gaussians,
+#: "trs" / "snis" = the energy-inspired priors of Lawson et al. (2019), "lars_dim" =
+#: dimension-wise LARS.
 PRIORS = (
     "gaussian",
     "lars",
@@ -49,6 +51,7 @@ PRIORS = (
     "maf",
     "lars_realnvp",
     "vamp",
+    "vamp_sg",
     "mog",
     "trs",
     "snis",
@@ -56,7 +59,7 @@ PRIORS = (
 )
 #: Priors with a normalising constant Z to estimate (has_z): the LARS sampler and its a(z).
 #: "trs" is the LARS sampler and density (Eq. A.14) trained with another objective, so it
-#: needs Z like LARS. The others have none: "vamp" and "mog" are finite mixtures and "snis"
+#: needs Z like LARS. The others have none: "vamp(_sg)" and "mog" are finite mixtures and "snis"
 #: is evaluated through its unbiased density estimate (exact log densities or bounds,
 #: larsvae.distributions), "lars_dim" integrates its one-dimensional Z_i by quadrature.
 LARS_PRIORS = ("lars", "lars_realnvp", "trs")
@@ -75,6 +78,7 @@ PRIOR_GROUPS = {
     "maf": ("arch", "flow", "maf"),
     "lars_realnvp": ("arch", "lars", "flow", "realnvp"),
     "vamp": ("arch", "mixture"),
+    "vamp_sg": ("arch", "mixture"),
     "mog": ("arch", "mixture"),
     "trs": ("arch", "lars"),
     "snis": ("arch", "snis"),

@@ -44,7 +44,7 @@ def manifest_file(dataset: str = "{dataset}") -> str:
 
 
 _CELL_RE = re.compile(
-    r"(?:^|/)(?P<dataset>[a-z_]+)/(?P<arch>[a-z]+)/(?P<prior>[a-z_]+(?:-[a-z0-9_]+)?)/"
+    r"(?:^|/)(?P<dataset>[a-z_]+)/(?P<arch>[a-z_]+)/(?P<prior>[a-z_]+(?:-[a-z0-9_]+)?)/"
     r"(?P<mode>standard|posthoc)/seed(?P<seed>\d+)/[^/]+$"
 )
 

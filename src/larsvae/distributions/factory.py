@@ -14,6 +14,8 @@ and the priors Bauer & Mnih compare against (Table 2, Appendix D):
 
 * ``vamp``         VampPrior with ``mixture_components`` pseudo-inputs (the model binds
                    its encoder, :func:`larsvae.models.build_model`)
+* ``vamp_sg``      the same VampPrior, its encoder's weights detached in the components
+                   (``encoder_gradient=False``: no gradient into them through p(z))
 * ``mog``          mixture of ``mixture_components`` diagonal Gaussians
 * ``trs``          TRS of Lawson et al. (2019) over N(0, I): the LARS sampler with a(z) =
                    MLP[d-``acceptance_hidden``-1], T, S = ``train_z_samples``, trained by
@@ -68,8 +70,10 @@ def build_prior(name: str, dim: int, cfg: ModelConfig | None = None) -> nn.Modul
         return MAF(dim, num_blocks=cfg.maf_blocks, hidden=cfg.flow_hidden)
     if name == "lars_realnvp":
         return lars(realnvp())
-    if name == "vamp":
-        return VampPrior(dim, num_components=cfg.mixture_components)
+    if name in ("vamp", "vamp_sg"):
+        return VampPrior(
+            dim, num_components=cfg.mixture_components, encoder_gradient=name == "vamp"
+        )
     if name == "mog":
         return MixtureOfGaussians(dim, num_components=cfg.mixture_components)
     if name == "trs":
