@@ -10,6 +10,12 @@
   number of operations); and every matmul of the step timed by ``torch.profiler`` in the
   step against the same product timed alone (warm caches); the largest weight-gradient
   product alone with a transposed operand and after the caches were emptied.
+- IWAE (K = 1000, N(0, I), each architecture, the quick budget's iwae_batch 100 and
+  k_chunk 1000): ``iwae_log_likelihood`` profiled by ``torch.profiler``, its self time
+  grouped into products (matmuls, convolutions: what the FLOP limit counts), the Bernoulli
+  log-likelihood's softplus over K x 784 logits, other elementwise operations and copies;
+  the products' own rate against the 2048^3 rate; and softplus against one ``exp`` pass
+  over the same logits (its cost is transcendental functions, which no FLOP count sees).
 
 One thread, medians. A measurement for reading, not a benchmark row: ratios against
 baselines live in ``bench/run.py``.
@@ -24,8 +30,10 @@ import time
 import warnings
 from pathlib import Path
 
+import bench_arch
 import bench_train
 import torch
+import torch.nn.functional as F
 from common import cpu_model, flop_rate, mlp_flops
 from torch.profiler import ProfilerActivity, profile
 
@@ -33,6 +41,7 @@ from larsvae import train
 from larsvae.config import ModelConfig, TrainConfig
 from larsvae.distributions import AcceptanceMLP, StandardNormal
 from larsvae.distributions.lars import _acceptance_logits
+from larsvae.evaluation import iwae_log_likelihood
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -217,6 +226,104 @@ def weight_gradient_product() -> list[str]:
     return lines + [f"| {name} | {us:.0f} |" for name, us in cases] + [""]
 
 
+#: torch.profiler op names by group (self time); anything else is "other"
+IWAE_GROUPS = {
+    "products: matmuls": ("aten::mm", "aten::addmm", "aten::bmm"),
+    "products: convolutions": (
+        "aten::_convolution",
+        "aten::mkldnn_convolution",
+        "aten::convolution",
+        "aten::slow_conv_transpose2d",
+        "aten::_slow_conv2d_forward",
+    ),
+    "softplus (Bernoulli log-likelihood)": ("aten::softplus",),
+    "tanh, sigmoid, exp, log": ("aten::tanh", "aten::sigmoid", "aten::exp", "aten::log"),
+    "add, sub, mul, sum, clamp": (
+        "aten::add",
+        "aten::add_",
+        "aten::sub",
+        "aten::sub_",
+        "aten::mul",
+        "aten::mul_",
+        "aten::sum",
+        "aten::clamp_min",
+        "aten::clamp_min_",
+        "aten::pow",
+    ),
+    "copies, cat, random numbers": (
+        "aten::copy_",
+        "aten::cat",
+        "aten::normal_",
+        "aten::fill_",
+        "aten::_to_copy",
+    ),
+}
+IWAE_IMAGES = {"vae": 16, "hvae": 8, "convhvae": 4}
+
+
+def _iwae_groups(prof) -> dict[str, float]:
+    """Self CPU microseconds per group of :data:`IWAE_GROUPS` (and "other")."""
+    groups = dict.fromkeys([*IWAE_GROUPS, "other"], 0.0)
+    for e in prof.key_averages():
+        name = next((g for g, ops in IWAE_GROUPS.items() if e.key in ops), "other")
+        groups[name] += e.self_cpu_time_total
+    return groups
+
+
+def iwae_profile(rate: float) -> list[str]:
+    lines = [
+        "## IWAE (K = 1000, N(0, I), iwae_batch 100, k_chunk 1000)",
+        "",
+        "Self time of `iwae_log_likelihood` by group (torch.profiler, one run after a warm "
+        "one); `products` is what the FLOP limit counts (FlopCounterMode: matmuls and "
+        "convolutions, forward).",
+        "",
+        "| architecture | ms/image | FLOP limit ms/image | % of limit | group | ms/image "
+        "| % of the time |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
+    notes = []
+    for arch, n in IWAE_IMAGES.items():
+        model = bench_arch.make_model(arch, "gaussian", ModelConfig()).eval()
+        x = bench_arch.binary_images(n, "cpu")
+        flops = bench_arch.iwae_image_flops(model, x, 1000, 100, 1000)
+
+        def run(x=x, model=model):
+            iwae_log_likelihood(model, x, k=1000, batch_size=100, k_chunk=1000, seed=0)
+
+        run()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            run()
+            total = (time.perf_counter() - t0) / n * 1e3
+        groups = {g: us / n / 1e3 for g, us in _iwae_groups(prof).items()}
+        limit = flops / rate * 1e3
+        products = sum(v for g, v in groups.items() if g.startswith("products"))
+        head = f"| {arch} | {total:.2f} | {limit:.2f} | {100 * limit / total:.0f}% |"
+        for i, (g, ms) in enumerate(sorted(groups.items(), key=lambda kv: -kv[1])):
+            first = head if i == 0 else "| | | | |"
+            lines.append(f"{first} {g} | {ms:.2f} | {100 * ms / total:.0f}% |")
+        notes.append(
+            f"- {arch}: the products run at {flops / products / 1e6:.0f} GFLOP/s "
+            f"({100 * limit / products:.0f}% of the 2048^3 rate); with every other "
+            f"operation free the IWAE would reach {100 * limit / products:.0f}% of its limit."
+        )
+    logits = torch.randn(256, 784) * 4  # one CPU decoder tile's logits
+    soft = _us(lambda: F.softplus(logits).sum(-1), n=100)
+    one_exp = _us(lambda: torch.exp(logits), n=100)
+    per = 1000 * 784 / logits.numel()
+    lines += [
+        "",
+        *notes,
+        f"- softplus over one (256, 784) tile of logits: {soft:.0f} us ({soft * per / 1e3:.2f} "
+        f"ms per image of K = 1000); one `exp` pass over the same tile: {one_exp:.0f} us. "
+        "softplus is exp then log1p per logit (bitwise the published numbers' formula); a "
+        "cheaper form (fewer logarithms) changes the evaluation's bits.",
+        "",
+    ]
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "reports" / "profile_cpu.md")
@@ -233,7 +340,7 @@ def main() -> None:
         f"{rate / 1e9:.1f} GFLOP/s (2048^3).",
         "",
     ]
-    lines += z_chunk(rate) + training(rate) + weight_gradient_product()
+    lines += z_chunk(rate) + training(rate) + weight_gradient_product() + iwae_profile(rate)
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
 
