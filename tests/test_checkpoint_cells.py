@@ -159,3 +159,27 @@ def test_cell_of_path_names_every_architecture():
             "mode": "posthoc",
             "seed": "3",
         }
+
+
+@pytest.mark.parametrize(
+    ("variant", "dataset", "message"),
+    [
+        ("T2", "dynamic_mnist", "meta variant = 'T2'"),  # not a variant name
+        ("base", "omniglot", "its meta says dataset = 'dynamic_mnist' but it sits in the folder"),
+    ],
+    ids=["variant-name", "other-dataset"],
+)
+def test_training_refuses_a_checkpoint_no_reader_would_accept_before_its_first_step(
+    tmp_path, variant, dataset, message
+):
+    """The meta training will write is validated and checked against the folder first: a
+    run whose checkpoint every reader would refuse never starts, and writes nothing."""
+    data = make_tiny_dataset(tmp_path / "data")
+    lay = Layout(str(tmp_path / "runs"), str(tmp_path / "reports"))
+    out = Path(lay.model(dataset=dataset, arch="vae", prior="lars", mode="standard", seed=1))
+    with pytest.raises(CheckpointError, match=message) as info:
+        steps.train(data, "vae", "lars", 1, MCFG, TCFG, out, variant=variant, progress=False)
+    assert "\n" not in str(info.value) and str(out) in str(info.value)
+    assert not (tmp_path / "runs").exists() or not any(
+        p.is_file() for p in (tmp_path / "runs").rglob("*")
+    )

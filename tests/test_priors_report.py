@@ -144,32 +144,55 @@ def test_report_numbers_by_hand(tmp_path):
     assert "| Bauer & Mnih | **yes** | gain LARS +2.00" in text  # (a)
     assert "VampPrior 2,352 (K = 3 pseudo-inputs), LARS 49: 48.0×" in text  # (b): too few
     assert (
-        "hundreds of thousands of parameters, LARS more than an order of magnitude fewer "
-        "| Bauer & Mnih | **no** |" in text
+        "hundreds of thousands of parameters, LARS more than an order of magnitude fewer; "
+        "VampPrior row: VampPrior | Bauer & Mnih | **no** |" in text
     )
     assert "NLL(LARS) − NLL(TRS) +0.50 ± 0.00; NLL(LARS) − NLL(SNIS) -1.00 ± 0.00" in text
     assert "| Lawson et al. | **no** |" in text  # (d): SNIS 1 nat worse on every image
 
 
+def _verdicts(rows, vamp_label: str = "VampPrior") -> dict[str, bool | None]:
+    """Claim (its first 20 characters) -> verdict, the VampPrior claims of one row."""
+    row = f"; VampPrior row: {vamp_label}"
+    return {
+        c[0][:20]: c[2]
+        for c in priors.claims(rows)
+        if "; VampPrior row: " not in c[0] or c[0].endswith(row)
+    }
+
+
+def test_each_vamp_prior_row_has_its_own_claims(tmp_path):
+    """Neither VampPrior row is chosen by its test NLL: each is judged on its own."""
+    spec = _spec(tmp_path, {"lars": [4.0, 3.0, 5.0, 4.0]})
+    rows = priors.build_rows(spec, tmp_path, timing=False)[("dynamic_mnist", "vae")]
+    made = [c[0] for c in priors.claims(rows)]
+    assert len(made) == 3 * len(priors.VAMP_ROWS) + 1
+    for prior in priors.VAMP_ROWS:
+        label = _row(rows, prior).label
+        assert sum(m.endswith(f"; VampPrior row: {label}") for m in made) == 3
+    sg = _verdicts(rows, _row(rows, "vamp_sg").label)
+    assert sg["LARS's gains are com"] is None  # this spec has no vamp_sg cells: a dash
+
+
 def test_claims_flip_with_the_numbers(tmp_path):
     spec = _spec(tmp_path, {"lars": [4.0, 3.0, 5.0, 4.0], "snis": [2.0, 1.0, 3.0, 2.5]})
     rows = priors.build_rows(spec, tmp_path, timing=False)[("dynamic_mnist", "vae")]
-    verdict = {c[0][:20]: c[2] for c in priors.claims(rows)}
+    verdict = _verdicts(rows)
     assert verdict["LARS's gains are com"] is False  # LARS gains 4 > VampPrior's 3
     assert verdict["The VampPrior is fas"] is None  # no timings: a dash, not a verdict
     # TRS is 1.5 worse than LARS on every image now (SE 0): not matched
     assert verdict["TRS and SNIS priors "] is False
     spec2 = _spec(tmp_path / "b", {"snis": [2.0, 1.0, 3.0, 2.5], "trs": [2.0, 1.0, 3.0, 2.0]})
     rows = priors.build_rows(spec2, tmp_path / "b", timing=False)[("dynamic_mnist", "vae")]
-    verdict = {c[0][:20]: c[2] for c in priors.claims(rows)}
+    verdict = _verdicts(rows)
     assert verdict["TRS and SNIS priors "] is True  # TRS equal, SNIS better on average
     vamp, lars = _row(rows, "vamp"), _row(rows, "lars")
     vamp.params, lars.params = 392_000, 15_301
     vamp.sample_s, lars.sample_s = 0.02, 0.05
-    verdict = {c[0][:20]: c[2] for c in priors.claims(rows)}
+    verdict = _verdicts(rows)
     assert verdict["A VampPrior has hund"] is True and verdict["The VampPrior is fas"] is True
     lars.params, vamp.sample_s = 50_000, 0.06  # 7.8x fewer; VampPrior slower
-    verdict = {c[0][:20]: c[2] for c in priors.claims(rows)}
+    verdict = _verdicts(rows)
     assert verdict["A VampPrior has hund"] is False and verdict["The VampPrior is fas"] is False
 
 

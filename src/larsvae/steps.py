@@ -45,6 +45,7 @@ from .checkpoint import (
     Checkpoint,
     CheckpointError,
     CheckpointMeta,
+    check_cell,
     check_size,
     load_checkpoint,
     model_from_checkpoint,
@@ -229,18 +230,6 @@ def train(
         raise UserError(f"--prior {prior!r}: post-hoc training learns a 'lars' prior")
     data_path = existing_file(dataset_file, "--dataset-file")
     manifest = load_manifest(data_path)
-    images = sum(int(manifest["splits"][s].get("n") or 0) for s in ("train", "valid", "test"))
-    est = memory.train_job(
-        arch, prior, mcfg, tcfg, posthoc=init is not None, data_numbers=images * 784, device=device
-    )
-    memory.require(est, device)
-    data = load_dataset(data_path)
-    torch.manual_seed(derive_seed(seed, INIT_TAG))
-    if init is not None:
-        model = posthoc_model(init, arch, mcfg)
-    else:
-        model = build_model(arch, prior, mcfg)
-    model.to(device)
     meta = CheckpointMeta(
         arch=arch,
         prior=prior,
@@ -253,6 +242,21 @@ def train(
         base_prior="gaussian" if init is not None else None,
         init_sha256=file_sha256(init) if init is not None else None,
     )
+    # what a reader will check, checked before the first step: a run whose checkpoint no
+    # reader would accept (a variant name, a cell folder of another dataset) never starts
+    check_cell(CheckpointMeta.from_dict(meta.to_dict(), out), out)
+    images = sum(int(manifest["splits"][s].get("n") or 0) for s in ("train", "valid", "test"))
+    est = memory.train_job(
+        arch, prior, mcfg, tcfg, posthoc=init is not None, data_numbers=images * 784, device=device
+    )
+    memory.require(est, device)
+    data = load_dataset(data_path)
+    torch.manual_seed(derive_seed(seed, INIT_TAG))
+    if init is not None:
+        model = posthoc_model(init, arch, mcfg)
+    else:
+        model = build_model(arch, prior, mcfg)
+    model.to(device)
     valid = eval_tensor(data, "valid", device) if tcfg.eval_every > 0 and "valid" in data else None
     stream = train_stream(data, manifest, tcfg.batch_size, seed, device)
     try:

@@ -93,10 +93,29 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        root = _root_cause(exc)
+        if isinstance(root, OSError) and root.errno in DISK_FULL_ERRNOS:
             raise DiskFull(path) from None
+        if isinstance(root, KeyboardInterrupt) and root is not exc:
+            raise root from None
         raise
     _fsync_dir(path.parent)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The disk-full error or interrupt behind ``exc``, else ``exc``. A writer may wrap
+    the error its ``write`` raised: ``torch.save`` into a file raises its own RuntimeError
+    when the zip's end cannot be written, with the ENOSPC as ``__context__``."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, KeyboardInterrupt) or (
+            isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS
+        ):
+            return e
+        e = e.__cause__ or e.__context__
+    return exc
 
 
 #: how :func:`atomic_write` opens its temporary (the tests put a full disk here)

@@ -115,7 +115,7 @@ class VampPrior(Prior):
     Tomczak & Welling (2018), Sec. 3.2. The encoder is bound after construction, because
     the prior is built before the model that owns the encoder:
     :func:`larsvae.models.build_model` binds it, or call
-    ``prior.bind_encoder(lambda x: larsvae.models.top_posterior(model, x))``. The encoder
+    ``larsvae.models.bind_prior_encoder(model)`` (which honours ``encoder_gradient``). The encoder
     is held as a plain callable, not a submodule, so the model's weights are not registered
     twice (and ``state_dict`` holds only the pseudo-inputs here). Every ``log_prob`` and
     ``sample`` call runs the encoder on all K pseudo-inputs.
@@ -159,7 +159,9 @@ class VampPrior(Prior):
         """Install the encoder x (K, data_dim) -> (mean (K, D), log_std (K, D)).
 
         Stored in ``__dict__``: an ``nn.Module`` encoder (or a bound method of the model)
-        must not become a submodule of its own model's prior.
+        must not become a submodule of its own model's prior. Used as given: with
+        ``encoder_gradient=False`` the encoder must detach its own weights, as the one
+        :func:`larsvae.models.bind_prior_encoder` binds does.
         """
         self.__dict__["_encoder"] = encoder
 

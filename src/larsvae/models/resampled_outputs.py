@@ -32,7 +32,7 @@ outputs, so this is the branch ``train_log_prob(z, log_q=None)`` of the latent L
 samples, Z_smooth = (1 - eps) <Z> + eps Z_S, <Z> <- Z_smooth, all in float64 log space.
 
     model = build_resampled_outputs(cfg)                  # arch "vae_rx", prior N(0, I)
-    train.fit(model, stream, tcfg, out, seed=...)         # loss() keeps VAE.loss's contract
+    train.fit(model, stream, tcfg, out, seed=..., meta=CheckpointMeta(...))  # VAE.loss's contract
     est = zestimate.estimate_z(model.resampler.acceptance, model.resampler.proposal,
                                n, batch, antithetic=False)
     model.resampler.set_log_z(est.log_mean)
