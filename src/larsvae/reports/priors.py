@@ -501,7 +501,9 @@ def _panel(ax, pts, attr: str, std: Row | None) -> None:
     N(0, I) by more than OFF_SCALE nats sit at the top edge as a labelled triangle."""
     ref = std.cell.nll if std is not None and std.ran else None
     top = None if ref is None else ref + OFF_SCALE
-    for i, x in enumerate(pts):
+    order = [(prior, mode) for prior, mode, _ in ROWS]
+    for x in pts:
+        i = order.index((x.prior, x.mode))  # one colour and marker per prior on every panel
         colour, nll, sd = f"C{i % 10}", x.cell.nll, x.cell.nll_sd or 0.0
         marker = "os"[i // 10 % 2]  # ten colours, then the same colours as squares
         if top is not None and nll > top:
