@@ -70,7 +70,7 @@ def make_model(arch: str, prior: str, cfg: ModelConfig, device: str = "cpu"):
     torch.manual_seed(0)
     model = build_model(arch, prior, cfg).to(device)
     top = model.top_prior
-    if hasattr(top, "acceptance"):
+    if hasattr(top, "acceptance") and hasattr(top, "proposal"):  # one a(z) over one proposal
         with torch.no_grad():
             est = estimate_z(top.acceptance, top.proposal, 20_000, 20_000, seed=0, device=device)
         top.set_log_z(min(est.log_mean, 0.0))
