@@ -10,6 +10,12 @@
   number of operations); and every matmul of the step timed by ``torch.profiler`` in the
   step against the same product timed alone (warm caches); the largest weight-gradient
   product alone with a transposed operand and after the caches were emptied.
+- Training step by architecture (VAE, HVAE, ConvHVAE; N(0, I) and LARS): the step ``fit``
+  runs, its self time grouped (products, Adam, random numbers, copies, elementwise,
+  autograd and Python), its products timed alone at the step's shapes, and two ceilings
+  (everything else free; the products at their alone time and the rest as it is); every
+  convolution of the ConvHVAE step alone, in the default layout and channels-last; and what
+  the LARS step adds, by group.
 - IWAE (K = 1000, N(0, I), each architecture, the quick budget's iwae_batch 100 and
   k_chunk 1000): ``iwae_log_likelihood`` profiled by ``torch.profiler``, its self time
   grouped into products (matmuls, convolutions: what the FLOP limit counts), the Bernoulli
@@ -24,6 +30,7 @@ baselines live in ``bench/run.py``.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import statistics
 import time
@@ -42,6 +49,7 @@ from larsvae.config import ModelConfig, TrainConfig
 from larsvae.distributions import AcceptanceMLP, StandardNormal
 from larsvae.distributions.lars import _acceptance_logits
 from larsvae.evaluation import iwae_log_likelihood
+from larsvae.models.convhvae import conv_transpose_to_one_channel
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -226,6 +234,302 @@ def weight_gradient_product() -> list[str]:
     return lines + [f"| {name} | {us:.0f} |" for name, us in cases] + [""]
 
 
+#: torch.profiler op names of the training step by group (self time); see ``_step_group``
+STEP_PRODUCTS = {
+    "products: matmuls": ("aten::mm", "aten::addmm", "aten::bmm", "aten::addmv", "aten::mv"),
+    "products: convolutions": (
+        "aten::_convolution",
+        "aten::mkldnn_convolution",
+        "aten::convolution",
+        "aten::convolution_backward",
+        "aten::slow_conv_transpose2d",
+        "aten::_slow_conv2d_forward",
+    ),
+}
+STEP_OTHER = {
+    "Adam (fused kernel, its Python, zero_grad)": (
+        "aten::_fused_adam_",
+        "Optimizer.step#Adam.step",
+        "Optimizer.zero_grad#Adam.zero_grad",
+    ),
+    "random numbers (binarisation, noise, proposals)": (
+        "aten::random_",
+        "aten::normal_",
+        "aten::uniform_",
+        "aten::bernoulli_",
+    ),
+    "copies, cat, allocation": (
+        "aten::copy_",
+        "aten::cat",
+        "aten::_to_copy",
+        "aten::empty",
+        "aten::empty_strided",
+        "aten::fill_",
+        "aten::zero_",
+        "aten::zeros",
+        "aten::clone",
+        "aten::contiguous",
+    ),
+}
+#: ops that only make views: with everything not aten (autograd nodes, Python functions)
+#: they form "autograd, views, Python"
+VIEW_OPS = {
+    "aten::view",
+    "aten::t",
+    "aten::transpose",
+    "aten::as_strided",
+    "aten::reshape",
+    "aten::_reshape_alias",
+    "aten::expand",
+    "aten::unsqueeze",
+    "aten::squeeze",
+    "aten::permute",
+    "aten::slice",
+    "aten::select",
+    "aten::_unsafe_view",
+    "aten::detach",
+    "aten::detach_",
+    "aten::alias",
+    "aten::split",
+    "aten::split_with_sizes",
+    "aten::narrow",
+    "aten::unbind",
+    "aten::flatten",
+    "aten::unflatten",
+    "aten::result_type",
+    "aten::to",
+    "aten::lift_fresh",
+    "aten::item",
+    "aten::_local_scalar_dense",
+    "aten::numpy_T",
+    "aten::resolve_conj",
+    "aten::resolve_neg",
+}
+ELEMENTWISE = "elementwise (activations and their gradients, losses, sums)"
+AUTOGRAD = "autograd, views, Python"
+STEP_ARCHS = {"vae": 30, "hvae": 20, "convhvae": 6}  # steps per timed round / profile
+
+
+def _step_group(key: str) -> str:
+    for groups in (STEP_PRODUCTS, STEP_OTHER):
+        for name, ops in groups.items():
+            if key in ops:
+                return name
+    if key.startswith("aten::") and key not in VIEW_OPS:
+        return ELEMENTWISE
+    return AUTOGRAD
+
+
+def _matmuls_alone_ms(prof, steps: int) -> float:
+    """Milliseconds per step of the profiled matmuls, each recorded shape timed on its own
+    (contiguous operands, warm caches; as in the VAE table above)."""
+    us = 0.0
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key not in ("aten::mm", "aten::addmm"):
+            continue
+        a, b = [s for s in e.input_shapes if s][-2:]
+        x, y = torch.randn(*a), torch.randn(*b)
+        us += _us(lambda x=x, y=y: torch.mm(x, y), n=20) * e.count
+    return us / steps / 1e3
+
+
+def _conv_calls(model, step, t: int) -> list[tuple[str, torch.nn.Module, torch.Tensor]]:
+    """(name, module, input) of every convolution call in step ``t``; the input requires
+    grad where the step needs its gradient."""
+    names = {m: n for n, m in model.named_modules()}
+    convs = [m for m in names if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    seen = []
+
+    def hook(m, args):
+        x = args[0]
+        seen.append((names[m], m, x.detach().clone().requires_grad_(x.requires_grad)))
+
+    hooks = [m.register_forward_pre_hook(hook) for m in convs]
+    step(t)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def _conv_us(m: torch.nn.Module, x: torch.Tensor, channels_last: bool = False):
+    """(us, FLOP) of one convolution's forward and backward on its own (warm caches):
+    gradients of its weight, bias and, where ``x`` requires grad, its input."""
+    if channels_last:
+        m = copy.deepcopy(m).to(memory_format=torch.channels_last)
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(x.requires_grad)
+    wrt = [x, *m.parameters()] if x.requires_grad else list(m.parameters())
+    g = torch.randn_like(m(x))
+
+    def fwd_bwd():
+        return torch.autograd.grad(m(x), wrt, g)
+
+    # counted through .backward (FlopCounterMode cannot follow autograd.grad to a leaf)
+    flop = bench_arch.count_flops(lambda: m(x).backward(g))
+    return _us(fwd_bwd, n=10, repeat=5), flop
+
+
+def conv_layers(rate: float) -> list[str]:
+    """Every convolution of the ConvHVAE's step on its own, in the default layout and in
+    channels-last, against the 2048^3 rate: what the convolutions can reach at these
+    shapes on one thread."""
+    cfg = TrainConfig(batch_size=bench_arch.BATCH, warmup_steps=1000)
+    model = bench_arch.make_model("convhvae", "gaussian", ModelConfig())
+    step = bench_arch.trainer_step(model, bench_arch.grey_stream(bench_arch.BATCH, "cpu"), cfg)
+    step(0)
+    lines = [
+        "Each convolution of the ConvHVAE step (N(0, I)) alone, forward and backward on its "
+        "input of one step (oneDNN through `torch.nn`, warm caches):",
+        "",
+        "| module | input | MFLOP | default layout (us) | GFLOP/s | % of 2048^3 rate "
+        "| channels-last (us) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    tot_us, tot_flop = 0.0, 0
+    calls = _conv_calls(model, step, 1)
+    for name, m, x in calls:
+        us, flop = _conv_us(m, x)
+        us_cl, _ = _conv_us(m, x, channels_last=True)
+        tot_us, tot_flop = tot_us + us, tot_flop + flop
+        lines.append(
+            f"| {name} ({type(m).__name__}) | {tuple(x.shape)} | {flop / 1e6:.0f} | {us:.0f} | "
+            f"{flop / us / 1e3:.0f} | {100 * flop / us / 1e3 / (rate / 1e9):.0f}% | {us_cl:.0f} |"
+        )
+    lines += [
+        "",
+        f"All of them: {tot_us / 1e3:.2f} ms, {tot_flop / tot_us / 1e3:.0f} GFLOP/s "
+        f"({100 * tot_flop / tot_us / 1e3 / (rate / 1e9):.0f}% of the 2048^3 rate).",
+    ]
+    name, last, x = calls[-1]  # the transposed convolution to one channel
+    with torch.no_grad():
+        module = _us(lambda: last(x), n=10, repeat=5)
+        product = _us(lambda: conv_transpose_to_one_channel(last, x), n=10, repeat=5)
+    return lines + [
+        f"The last one, {name} (32 channels to 1), is oneDNN's worst case. Its forward alone "
+        f"takes {module:.0f} us as the module and {product:.0f} us as one product and 16 adds "
+        "(`conv_transpose_to_one_channel`, the form IWAE's no-grad decoder uses). Training "
+        "keeps the module: another form sums in another order, so it changes the bits of "
+        "every ConvHVAE training run, and the published cells would have to be trained "
+        "again.",
+        "",
+    ]
+
+
+GROUPS = [*STEP_PRODUCTS, ELEMENTWISE, AUTOGRAD, *STEP_OTHER]
+SHORT = {  # column heads of the LARS table
+    "products: matmuls": "matmuls",
+    "products: convolutions": "convolutions",
+    ELEMENTWISE: "elementwise",
+    AUTOGRAD: "autograd, views, Python",
+    "Adam (fused kernel, its Python, zero_grad)": "Adam",
+    "random numbers (binarisation, noise, proposals)": "random numbers",
+    "copies, cat, allocation": "copies",
+}
+
+
+def _arch_steps(arch: str, rate: float) -> dict[str, dict]:
+    """Both priors' trainer steps of one architecture: timed alternately on one clock, each
+    profiled by group, its products timed alone, its FLOP limit."""
+    cfg = TrainConfig(batch_size=bench_arch.BATCH, warmup_steps=1000)
+    n = STEP_ARCHS[arch]
+    res = {}
+    for prior in ("gaussian", "lars"):
+        model = bench_arch.make_model(arch, prior, ModelConfig())
+        stream = bench_arch.grey_stream(bench_arch.BATCH, "cpu")
+        flops = bench_arch.train_step_flops(model, stream, cfg)
+        res[prior] = {"model": model, "flops": flops, "limit": flops / rate * 1e3}
+        res[prior]["step"] = bench_arch.trainer_step(model, stream, cfg)
+    std, lars = res["gaussian"], res["lars"]
+    t_std, t_lars = bench_arch.time_steps(std["step"], lars["step"], n, 5, "cpu", start=100)
+    std["ms"], lars["ms"] = t_std * 1e3, t_lars * 1e3
+    for r in res.values():
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for t in range(5000, 5000 + 2 * n):
+                r["step"](t)
+        r["groups"] = dict.fromkeys(GROUPS, 0.0)
+        for e in prof.key_averages():
+            r["groups"][_step_group(e.key)] += e.self_cpu_time_total / (2 * n) / 1e3
+        calls = _conv_calls(r["model"], r["step"], 6000)
+        convs = sum(_conv_us(m, x)[0] for _, m, x in calls) / 1e3
+        r["alone"] = _matmuls_alone_ms(prof, 2 * n) + convs
+    return res
+
+
+def _ceilings(arch: str, prior: str, r: dict) -> str:
+    """Why the step stays where it is: its products' rate in the step and alone, and the
+    share of the limit it would reach with the rest free or with the products alone."""
+    total = sum(r["groups"].values())
+    products = sum(v for g, v in r["groups"].items() if g.startswith("products"))
+    rest = r["ms"] * (1 - products / total)  # the unprofiled step's share
+    return (
+        f"- {arch}, {prior}: products {products:.2f} ms in the step "
+        f"({r['flops'] / products / 1e6:.0f} GFLOP/s, {100 * r['limit'] / products:.0f}% of "
+        f"the 2048^3 rate), {r['alone']:.2f} ms alone at the same shapes "
+        f"({100 * r['limit'] / r['alone']:.0f}%); everything else "
+        f"{100 * (1 - products / total):.0f}% of the step (~{rest:.2f} ms). Ceilings: with "
+        f"everything else free, {100 * r['limit'] / products:.0f}% of the limit; with the "
+        f"products at their alone time and the rest as it is, "
+        f"{100 * r['limit'] / (r['alone'] + rest):.0f}%."
+    )
+
+
+def training_by_arch(rate: float) -> list[str]:
+    """The trainer step of every architecture and prior split into groups, its products
+    timed alone, why the step stays below half its FLOP limit, and what LARS adds."""
+    lines = [
+        "## Training step by architecture (batch 128, fused Adam, the step `fit` runs)",
+        "",
+        "The two priors' steps timed alternately on one clock (median of 5 rounds). Self time "
+        "by group: torch.profiler over further steps; its totals include the profiler's own "
+        "cost, so they exceed the step. `products` is what the FLOP limit counts "
+        "(FlopCounterMode: matmuls and convolutions, forward and backward); `alone` times "
+        "each product of the step on its own at the same shapes (matmuls by recorded shape, "
+        "every convolution module forward and backward on its input).",
+        "",
+        "| architecture | prior | step (ms) | FLOP limit (ms) | % of limit | group | ms/step "
+        "| % of the profiled step |",
+        "|---|---|---:|---:|---:|---|---:|---:|",
+    ]
+    notes = []
+    extra = [
+        "| architecture | N(0, I) step (ms) | LARS step (ms) | LARS adds | its FLOPs add | "
+        + " | ".join(SHORT[g] for g in GROUPS)
+        + " |",
+        "|---|---:|---:|---:|---:|" + "---:|" * len(GROUPS),
+    ]
+    for arch in STEP_ARCHS:
+        res = _arch_steps(arch, rate)
+        for prior, r in res.items():
+            total = sum(r["groups"].values())
+            head = (
+                f"| {arch} | {prior} | {r['ms']:.2f} | {r['limit']:.2f} | "
+                f"{100 * r['limit'] / r['ms']:.0f}% |"
+            )
+            for i, (g, ms) in enumerate(sorted(r["groups"].items(), key=lambda kv: -kv[1])):
+                first = head if i == 0 else "| | | | | |"
+                lines.append(f"{first} {g} | {ms:.2f} | {100 * ms / total:.0f}% |")
+            notes.append(_ceilings(arch, prior, r))
+        std, lars = res["gaussian"], res["lars"]
+        diff = " | ".join(f"{lars['groups'][g] - std['groups'][g]:+.2f}" for g in GROUPS)
+        extra.append(
+            f"| {arch} | {std['ms']:.2f} | {lars['ms']:.2f} | "
+            f"{100 * (lars['ms'] / std['ms'] - 1):+.0f}% | "
+            f"{100 * (lars['flops'] / std['flops'] - 1):+.0f}% | {diff} |"
+        )
+    return [
+        *lines,
+        "",
+        *notes,
+        "",
+        *conv_layers(rate),
+        "What the LARS step adds over the N(0, I) step (a(z) = MLP[50-100-100-1] over the "
+        "batch and S = 1024 proposals, forward and backward, and Z's estimate in float64); "
+        "the group columns are the profiled difference in ms/step:",
+        "",
+        *extra,
+        "",
+    ]
+
+
 #: torch.profiler op names by group (self time); anything else is "other"
 IWAE_GROUPS = {
     "products: matmuls": ("aten::mm", "aten::addmm", "aten::bmm"),
@@ -340,7 +644,8 @@ def main() -> None:
         f"{rate / 1e9:.1f} GFLOP/s (2048^3).",
         "",
     ]
-    lines += z_chunk(rate) + training(rate) + weight_gradient_product() + iwae_profile(rate)
+    lines += z_chunk(rate) + training(rate) + weight_gradient_product()
+    lines += training_by_arch(rate) + iwae_profile(rate)
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
 
