@@ -136,10 +136,12 @@ def _iwae(
                         eps = noise[b : b + b_tile, :, j : j + k_tile]
                         tile = (slice(b, b + b_tile), slice(j, j + k_tile))
                         if prior is None:
-                            log_w[tile] = model.log_weights(xb[tile[0]], eps.shape[2], noise=eps)
+                            log_w[tile] = model.log_weights(
+                                xb[tile[0]], eps.shape[2], generator, noise=eps
+                            )
                         else:
                             log_w[tile], z_top = model.log_weights(
-                                xb[tile[0]], eps.shape[2], return_top_latent=True, noise=eps
+                                xb[tile[0]], eps.shape[2], generator, True, noise=eps
                             )
                             z_flat = z_top.reshape(-1, z_top.shape[-1])
                             g[tile] = dlogp_dlogz(prior, z_flat).view(z_top.shape[:2])

@@ -24,6 +24,9 @@ class Prior(nn.Module):
     ``symmetric`` says whether the density satisfies p(z) = p(-z); only then may
     :func:`larsvae.zestimate.estimate_z` use antithetic pairs (z, -z).
 
+    ``log_prob_draws`` says that ``log_prob(z, generator=None)`` is itself random (an
+    estimate from fresh draws, as SNIS's); every other prior's is a function of z.
+
     ``kl_warmup`` says that the prior's own parameters train at the learning rate times the
     KL weight beta (:func:`warmup_parameters`): true for the flows, whose posteriors
     collapsed onto the prior without it; false for every other prior. (The VampPrior's
@@ -34,6 +37,9 @@ class Prior(nn.Module):
 
     symmetric: bool = False
     kl_warmup: bool = False
+    #: ``log_prob`` draws random numbers (SNIS's auxiliary proposals) and takes a
+    #: ``generator``: the models pass evaluation's own, so its numbers follow the seed
+    log_prob_draws: bool = False
 
     def __init__(self, dim: int):
         super().__init__()

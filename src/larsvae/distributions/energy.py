@@ -217,6 +217,8 @@ class SNISPrior(Prior):
         num_proposals: K >= 1 (K = 1 is the proposal itself).
     """
 
+    log_prob_draws = True
+
     def __init__(self, proposal: nn.Module, energy: nn.Module, num_proposals: int = 1024):
         if isinstance(num_proposals, bool) or not isinstance(num_proposals, int):
             raise ValueError(f"num_proposals: expected an integer >= 1, got {num_proposals!r}")

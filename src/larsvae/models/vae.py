@@ -156,14 +156,24 @@ class LatentVariableModel(nn.Module):
             raise ValueError(f"expected x of shape (B, {DATA_DIM}), got {tuple(x.shape)}")
         return x.to(device=ref.device, dtype=ref.dtype)
 
-    def _top_log_prob(self, z_top: torch.Tensor, log_q_top: torch.Tensor, train: bool):
+    def _top_log_prob(
+        self,
+        z_top: torch.Tensor,
+        log_q_top: torch.Tensor,
+        train: bool,
+        generator: torch.Generator | None = None,
+    ):
         """log p(z_top) (B, K). In training mode the prior's ``train_log_prob`` (Algorithm 1
         for LARS: per-batch Z estimate that also updates the running Z; plain log_prob for
-        the other priors); otherwise ``log_prob`` with the stored Z (Eq. A.7 / A.14)."""
+        the other priors); otherwise ``log_prob`` with the stored Z (Eq. A.7 / A.14), whose
+        draws, for a prior that makes some (``log_prob_draws``: SNIS), come from
+        ``generator`` (the global RNG without one)."""
         b, k, d = z_top.shape
         flat = z_top.reshape(b * k, d)
         if train:
             lp = self.top_prior.train_log_prob(flat, log_q_top.detach().reshape(b * k))
+        elif generator is not None and getattr(self.top_prior, "log_prob_draws", False):
+            lp = self.top_prior.log_prob(flat, generator=generator)
         else:
             lp = self.top_prior.log_prob(flat)
         return lp.reshape(b, k)
@@ -180,7 +190,7 @@ class LatentVariableModel(nn.Module):
         """
         x = self._as_input(x)
         t = self._terms(x, 1, generator)
-        log_p_top = self._top_log_prob(t.z_top, t.log_q_top, train=self.training)
+        log_p_top = self._top_log_prob(t.z_top, t.log_q_top, self.training, generator)
         rec = -t.log_px[:, 0]
         kl = (t.log_q_top + t.log_q_rest - log_p_top - t.log_p_rest)[:, 0]
         return {
@@ -206,11 +216,12 @@ class LatentVariableModel(nn.Module):
         latents (B, k, d), e.g. for the Z sensitivity in ``larsvae.evaluation``.
         ``noise`` (B, num_layers, k, d) standard normals replace the draws from
         ``generator`` (same numbers as a generator that would have drawn them, layer by
-        layer, for one data point at a time).
+        layer, for one data point at a time); ``generator`` then only feeds a prior whose
+        ``log_prob`` draws (SNIS's auxiliary proposals).
         """
         x = self._as_input(x)
         t = self._terms(x, k, generator if noise is None else PresetNoise(noise))
-        log_p_top = self._top_log_prob(t.z_top, t.log_q_top, train=False)
+        log_p_top = self._top_log_prob(t.z_top, t.log_q_top, False, generator)
         log_w = t.log_px + log_p_top + t.log_p_rest - t.log_q_top - t.log_q_rest
         return (log_w, t.z_top) if return_top_latent else log_w
 
