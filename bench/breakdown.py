@@ -307,7 +307,8 @@ VIEW_OPS = {
 }
 ELEMENTWISE = "elementwise (activations and their gradients, losses, sums)"
 AUTOGRAD = "autograd, views, Python"
-STEP_ARCHS = {"vae": 30, "hvae": 20, "convhvae": 6}  # steps per timed round / profile
+STEP_ARCHS = {"vae": 30, "hvae": 20, "convhvae": 6}  # steps per timed round
+PROFILED_ROUNDS = 4  # profiled steps: this many rounds' worth
 
 
 def _step_group(key: str) -> str:
@@ -398,6 +399,7 @@ def conv_layers(rate: float) -> list[str]:
         "",
         f"All of them: {tot_us / 1e3:.2f} ms, {tot_flop / tot_us / 1e3:.0f} GFLOP/s "
         f"({100 * tot_flop / tot_us / 1e3 / (rate / 1e9):.0f}% of the 2048^3 rate).",
+        "",
     ]
     name, last, x = calls[-1]  # the transposed convolution to one channel
     with torch.no_grad():
@@ -443,14 +445,14 @@ def _arch_steps(arch: str, rate: float) -> dict[str, dict]:
     std["ms"], lars["ms"] = t_std * 1e3, t_lars * 1e3
     for r in res.values():
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            for t in range(5000, 5000 + 2 * n):
+            for t in range(5000, 5000 + PROFILED_ROUNDS * n):
                 r["step"](t)
         r["groups"] = dict.fromkeys(GROUPS, 0.0)
         for e in prof.key_averages():
-            r["groups"][_step_group(e.key)] += e.self_cpu_time_total / (2 * n) / 1e3
+            r["groups"][_step_group(e.key)] += e.self_cpu_time_total / (PROFILED_ROUNDS * n) / 1e3
         calls = _conv_calls(r["model"], r["step"], 6000)
         convs = sum(_conv_us(m, x)[0] for _, m, x in calls) / 1e3
-        r["alone"] = _matmuls_alone_ms(prof, 2 * n) + convs
+        r["alone"] = _matmuls_alone_ms(prof, PROFILED_ROUNDS * n) + convs
     return res
 
 
