@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check, about 4 minutes on one H100: the CUDA benchmarks (reports/benchmarks.*,
+# One-shot GPU check, about 8 minutes on one H100: the CUDA benchmarks (reports/benchmarks.*,
 # section "cuda", merged next to the CPU one) and the CUDA tests. Plain python3, no venv:
 #
 #   bash bench/gpu_check.sh              # copies the reports and logs to $OUT (or ./gpu_out)
@@ -22,6 +22,10 @@ timeout 170 "$PY" bench/run.py --device cuda --only z,sampler 2>&1 | tee "$DEST/
 rc_bench=${PIPESTATUS[0]}
 timeout 90 "$PY" bench/run.py --device cuda --only iwae,train 2>&1 | tee "$DEST/bench_iwae_train.log"
 rc_rest=${PIPESTATUS[0]}
+# every architecture of Table 1 (VAE, HVAE, ConvHVAE; N(0, I) and LARS): the training step
+# (one CUDA graph) and IWAE K = 1000 against their FLOP limits
+timeout 240 "$PY" bench/run.py --device cuda --only arch 2>&1 | tee "$DEST/bench_arch.log"
+rc_arch=${PIPESTATUS[0]}
 
 # tests/conftest.py hashes git's tracked files; a copy of the tree without .git gets one
 git rev-parse --git-dir >/dev/null 2>&1 || {
@@ -32,5 +36,6 @@ timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_zestimate.py \
 rc_test=${PIPESTATUS[0]}
 
 cp reports/benchmarks.json reports/benchmarks.md "$DEST"/ 2>/dev/null
-echo "bench z,sampler rc=$rc_bench  bench iwae,train rc=$rc_rest  pytest -k cuda rc=$rc_test"
-[ "$rc_bench" -eq 0 ] && [ "$rc_rest" -eq 0 ] && [ "$rc_test" -eq 0 ]
+echo "bench z,sampler rc=$rc_bench  bench iwae,train rc=$rc_rest  bench arch rc=$rc_arch" \
+    " pytest -k cuda rc=$rc_test"
+[ "$rc_bench" -eq 0 ] && [ "$rc_rest" -eq 0 ] && [ "$rc_arch" -eq 0 ] && [ "$rc_test" -eq 0 ]
