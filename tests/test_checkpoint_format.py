@@ -143,12 +143,13 @@ def test_each_required_entry_is_named(tmp_path, key):
         ({"train_config": None}, ("meta train_config = None is not a dict",)),
         ({"train_config": {"lr": -1.0}}, ("meta train_config.lr",)),
         ({"width": 3}, ("meta has unknown key 'width'",)),
+        ({7: 3, "width": 3}, ("meta has unknown key 7",)),  # keys of any type, sorted as text
         ({"prior": "gaussian", "mode": "posthoc"}, ("meta prior = 'gaussian' with mode",)),
         ({"variant": "T 2"}, ("meta variant = 'T 2' is not a variant name",)),
         ({"variant": None}, ("meta variant = None",)),
         ({"dataset": 5}, ("meta dataset = 5 is not a dataset name",)),
         ({"dataset_sha256": "abc"}, ("meta dataset_sha256 = 'abc' is not a sha256",)),
-        ({"init_sha256": SHA.upper()}, ("meta init_sha256",)),
+        ({"init_sha256": SHA.upper()}, (f"meta init_sha256 = '{SHA.upper()}' is not a sha256",)),
         (
             {"base_prior": "gaussian"},
             ("meta base_prior = 'gaussian' is not 'gaussian' of a post-hoc model",),
