@@ -4,13 +4,14 @@
 # graphs) on one device, k = 1, 2, 4, 8; prints the aggregate training steps per second.
 # Needs data/processed/dynamic_mnist.{npz,json}.
 # Usage (GPU machine): [ARCHS="vae hvae convhvae"] bash bench/gpu_share.sh [iterations]
+# (ARCHS defaults to vae alone, as in reports/gpu/gpu_share_h100.txt)
 #   -> $OUT/gpu_share.txt
 set -euo pipefail
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-./gpu_out}; mkdir -p "$OUT"
 ITERS=${1:-10000}
 TP="{\"iterations\":$ITERS,\"batch_size\":128,\"checkpoint_every\":1000000,\"log_every\":1000,\"warmup_steps\":1000,\"lr_decay_step\":$((ITERS/2))}"
-ARCHS=${ARCHS:-vae hvae convhvae}
+ARCHS=${ARCHS:-vae}
 tmp=$(mktemp -d)
 for arch in $ARCHS; do
 for k in 1 2 4 8; do

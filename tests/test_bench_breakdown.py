@@ -42,6 +42,10 @@ SMALL = ModelConfig(latent_dim=8, hidden=32, acceptance_hidden=(16, 16), train_z
         ("aten::t", breakdown.AUTOGRAD),
         ("AddmmBackward0", breakdown.AUTOGRAD),
         ("_SigmoidTanh", breakdown.AUTOGRAD),
+        ("aten::linear", breakdown.AUTOGRAD),
+        ("aten::conv_transpose2d", breakdown.AUTOGRAD),
+        ("aten::randn", "random numbers (binarisation, noise, proposals)"),
+        ("aten::empty_like", "copies, cat, allocation"),
     ],
 )
 def test_step_group_of_an_op(op, group):

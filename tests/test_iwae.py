@@ -349,8 +349,9 @@ def test_progress_bar_without_tqdm(monkeypatch):
 
 
 def test_iwae_of_an_snis_prior_follows_its_seed_not_the_global_rng():
-    """SNIS's log p(z) draws auxiliary proposals: iwae_log_likelihood hands each tile its own
-    generator for them, so a seed fixes the estimate whatever the global RNG holds."""
+    """SNIS's log p(z) draws auxiliary proposals: iwae_log_likelihood draws them, tile after
+    tile, from its one seeded generator, so a seed fixes the estimate whatever the global RNG
+    holds."""
     cfg = ModelConfig(latent_dim=3, hidden=16, snis_proposals=8, energy_hidden=(8,))
     torch.manual_seed(0)
     model = build_model("vae", "snis", cfg)

@@ -181,6 +181,10 @@ def iwae_log_likelihood(
     call's activations. Runs in eval mode under ``no_grad`` (LARS uses its stored Z) and
     restores the mode after. ``seed`` makes a fresh generator on the model's device; with
     neither ``seed`` nor ``generator`` the global RNG is used. NLL = -mean.
+
+    A prior whose ``log_prob`` draws (``log_prob_draws``: SNIS's auxiliary proposals) takes
+    its draws from the same generator, call after call: its estimate follows the seed, but
+    depends on the tiles and differs from the point-by-point calls.
     """
     return _iwae(model, x, k, batch_size, k_chunk, generator, seed, progress, False)[0]
 
