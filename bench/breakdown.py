@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
+import math
 import statistics
 import time
 import warnings
@@ -135,6 +136,22 @@ def _vae_step(prior: str, cfg: ModelConfig, batch: int, images: int):
     return train._make_step(model, opt, stream, tc, 3, print)
 
 
+def _matmuls(prof, n: int) -> list[tuple[str, list[int], list[int], int, float, float]]:
+    """(op, shape a, shape b, calls, us per call in the profile, us alone) of every matmul
+    :data:`PRODUCTS` names in ``prof`` (recorded with its shapes), by op and shape; alone:
+    the same product of contiguous operands, warm caches, mean of ``n`` calls."""
+    out = []
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key not in PRODUCTS["products: matmuls"]:
+            continue
+        a, b = [s for s in e.input_shapes if s][-2:]  # addmm/baddbmm: after the added term
+        x, y = torch.randn(*a), torch.randn(*b)
+        product = torch.bmm if len(a) == 3 else torch.mm
+        alone = _us(lambda x=x, y=y, product=product: product(x, y), n=n)
+        out.append((e.key, a, b, e.count, e.self_cpu_time_total / e.count, alone))
+    return out
+
+
 def _step_ms(step, n: int) -> float:
     for t in range(20):
         step(t)
@@ -166,17 +183,10 @@ def training(rate: float) -> list[str]:
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for t in range(1000, 1040):  # the standard step, warm from the timing above
             steps["gaussian"](t)
-    rows = []
-    for e in prof.key_averages(group_by_input_shape=True):
-        if e.key not in ("aten::mm", "aten::addmm"):
-            continue
-        shapes = [s for s in e.input_shapes if s]
-        a, b = shapes[-2], shapes[-1]
-        x, y = torch.randn(*a), torch.randn(*b)
-        alone = _us(lambda x=x, y=y: torch.mm(x, y), n=50)
-        in_step = e.self_cpu_time_total / e.count
-        flop = 2 * a[0] * a[1] * b[1]
-        rows.append((in_step * e.count, e.key[6:], a, b, e.count, in_step, alone, flop))
+    rows = [
+        (in_step * count, op[6:], a, b, count, in_step, alone, 2 * math.prod(a) * b[-1])
+        for op, a, b, count, in_step, alone in _matmuls(prof, n=50)
+    ]
     lines += [
         "",
         "Matmuls of the standard step (torch.profiler, 40 steps) against the same product "
@@ -235,9 +245,11 @@ def weight_gradient_product() -> list[str]:
     return lines + [f"| {name} | {us:.0f} |" for name, us in cases] + [""]
 
 
-#: torch.profiler op names of the training step by group (self time); see ``_step_group``
-STEP_PRODUCTS = {
-    "products: matmuls": ("aten::mm", "aten::addmm", "aten::bmm", "aten::addmv", "aten::mv"),
+#: torch.profiler op names of the products, what the FLOP limit counts (FlopCounterMode's
+#: matmuls and convolutions, and the kernels that run under them); shared by the training
+#: step's groups and IWAE's
+PRODUCTS = {
+    "products: matmuls": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
     "products: convolutions": (
         "aten::_convolution",
         "aten::mkldnn_convolution",
@@ -247,6 +259,7 @@ STEP_PRODUCTS = {
         "aten::_slow_conv2d_forward",
     ),
 }
+#: the training step's other groups (self time); see ``_step_group``
 STEP_OTHER = {
     "Adam (fused kernel, its Python, zero_grad)": (
         "aten::_fused_adam_",
@@ -333,26 +346,13 @@ PROFILED_ROUNDS = 4  # profiled steps: this many rounds' worth
 
 
 def _step_group(key: str) -> str:
-    for groups in (STEP_PRODUCTS, STEP_OTHER):
+    for groups in (PRODUCTS, STEP_OTHER):
         for name, ops in groups.items():
             if key in ops:
                 return name
     if key.startswith("aten::") and key not in VIEW_OPS:
         return ELEMENTWISE
     return AUTOGRAD
-
-
-def _matmuls_alone_ms(prof, steps: int) -> float:
-    """Milliseconds per step of the profiled matmuls, each recorded shape timed on its own
-    (contiguous operands, warm caches; as in the VAE table above)."""
-    us = 0.0
-    for e in prof.key_averages(group_by_input_shape=True):
-        if e.key not in ("aten::mm", "aten::addmm"):
-            continue
-        a, b = [s for s in e.input_shapes if s][-2:]
-        x, y = torch.randn(*a), torch.randn(*b)
-        us += _us(lambda x=x, y=y: torch.mm(x, y), n=20) * e.count
-    return us / steps / 1e3
 
 
 def _conv_calls(model, step, t: int) -> list[tuple[str, torch.nn.Module, torch.Tensor]]:
@@ -390,14 +390,11 @@ def _conv_us(m: torch.nn.Module, x: torch.Tensor, channels_last: bool = False):
     return _us(fwd_bwd, n=10, repeat=5), flop
 
 
-def conv_layers(rate: float) -> list[str]:
-    """Every convolution of the ConvHVAE's step on its own, in the default layout and in
-    channels-last, against the 2048^3 rate: what the convolutions can reach at these
-    shapes on one thread."""
-    cfg = TrainConfig(batch_size=bench_arch.BATCH, warmup_steps=1000)
-    model = bench_arch.make_model("convhvae", "gaussian", ModelConfig())
-    step = bench_arch.trainer_step(model, bench_arch.grey_stream(bench_arch.BATCH, "cpu"), cfg)
-    step(0)
+def conv_layers(rate: float, convs: list[tuple]) -> list[str]:
+    """Every convolution of the ConvHVAE's step on its own (``convs``: name, module, input,
+    us and FLOP in the default layout, as :func:`_arch_steps` timed them), and again in
+    channels-last, against the 2048^3 rate: what the convolutions can reach at these shapes
+    on one thread."""
     lines = [
         "Each convolution of the ConvHVAE step (N(0, I)) alone, forward and backward on its "
         "input of one step (oneDNN through `torch.nn`, warm caches):",
@@ -407,9 +404,7 @@ def conv_layers(rate: float) -> list[str]:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     tot_us, tot_flop = 0.0, 0
-    calls = _conv_calls(model, step, 1)
-    for name, m, x in calls:
-        us, flop = _conv_us(m, x)
+    for name, m, x, us, flop in convs:
         us_cl, _ = _conv_us(m, x, channels_last=True)
         tot_us, tot_flop = tot_us + us, tot_flop + flop
         lines.append(
@@ -422,7 +417,7 @@ def conv_layers(rate: float) -> list[str]:
         f"({100 * tot_flop / tot_us / 1e3 / (rate / 1e9):.0f}% of the 2048^3 rate).",
         "",
     ]
-    name, last, x = calls[-1]  # the transposed convolution to one channel
+    name, last, x, _, _ = convs[-1]  # the transposed convolution to one channel
     with torch.no_grad():
         module = _us(lambda: last(x), n=10, repeat=5)
         product = _us(lambda: conv_transpose_to_one_channel(last, x), n=10, repeat=5)
@@ -437,7 +432,7 @@ def conv_layers(rate: float) -> list[str]:
     ]
 
 
-GROUPS = [*STEP_PRODUCTS, ELEMENTWISE, AUTOGRAD, *STEP_OTHER]
+GROUPS = [*PRODUCTS, ELEMENTWISE, AUTOGRAD, *STEP_OTHER]
 SHORT = {  # column heads of the LARS table
     "products: matmuls": "matmuls",
     "products: convolutions": "convolutions",
@@ -471,9 +466,11 @@ def _arch_steps(arch: str, rate: float) -> dict[str, dict]:
         r["groups"] = dict.fromkeys(GROUPS, 0.0)
         for e in prof.key_averages():
             r["groups"][_step_group(e.key)] += e.self_cpu_time_total / (PROFILED_ROUNDS * n) / 1e3
-        calls = _conv_calls(r["model"], r["step"], 6000)
-        convs = sum(_conv_us(m, x)[0] for _, m, x in calls) / 1e3
-        r["alone"] = _matmuls_alone_ms(prof, PROFILED_ROUNDS * n) + convs
+        r["convs"] = [
+            (*call, *_conv_us(*call[1:])) for call in _conv_calls(r["model"], r["step"], 6000)
+        ]
+        matmuls = sum(count * alone for *_, count, _, alone in _matmuls(prof, n=20))
+        r["alone"] = matmuls / (PROFILED_ROUNDS * n) / 1e3 + sum(c[3] for c in r["convs"]) / 1e3
     return res
 
 
@@ -522,8 +519,11 @@ def training_by_arch(rate: float) -> list[str]:
         + " |",
         "|---|---:|---:|---:|---:|" + "---:|" * len(GROUPS),
     ]
+    convs = []
     for arch in STEP_ARCHS:
         res = _arch_steps(arch, rate)
+        if res["gaussian"]["convs"]:  # the ConvHVAE's, for the table below
+            convs = res["gaussian"]["convs"]
         for prior, r in res.items():
             total = sum(r["groups"].values())
             head = (
@@ -546,7 +546,7 @@ def training_by_arch(rate: float) -> list[str]:
         "",
         *notes,
         "",
-        *conv_layers(rate),
+        *conv_layers(rate, convs),
         "What the LARS step adds over the N(0, I) step (a(z) = MLP[50-100-100-1] over the "
         "batch and S = 1024 proposals, forward and backward, and Z's estimate in float64); "
         "the group columns are the profiled difference in ms/step:",
@@ -558,14 +558,7 @@ def training_by_arch(rate: float) -> list[str]:
 
 #: torch.profiler op names by group (self time); anything else is "other"
 IWAE_GROUPS = {
-    "products: matmuls": ("aten::mm", "aten::addmm", "aten::bmm"),
-    "products: convolutions": (
-        "aten::_convolution",
-        "aten::mkldnn_convolution",
-        "aten::convolution",
-        "aten::slow_conv_transpose2d",
-        "aten::_slow_conv2d_forward",
-    ),
+    **PRODUCTS,
     "softplus (Bernoulli log-likelihood)": ("aten::softplus",),
     "tanh, sigmoid, exp, log": ("aten::tanh", "aten::sigmoid", "aten::exp", "aten::log"),
     "add, sub, mul, sum, clamp": (

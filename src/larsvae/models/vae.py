@@ -172,7 +172,7 @@ class LatentVariableModel(nn.Module):
         flat = z_top.reshape(b * k, d)
         if train:
             lp = self.top_prior.train_log_prob(flat, log_q_top.detach().reshape(b * k))
-        elif generator is not None and getattr(self.top_prior, "log_prob_draws", False):
+        elif getattr(self.top_prior, "log_prob_draws", False):
             lp = self.top_prior.log_prob(flat, generator=generator)
         else:
             lp = self.top_prior.log_prob(flat)
